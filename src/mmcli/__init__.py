@@ -1,0 +1,3 @@
+"""mmcli: zero-shot multimodal models from the command line."""
+
+__version__ = "0.1.0"

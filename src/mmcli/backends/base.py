@@ -1,0 +1,118 @@
+"""The Backend interface every model family implements, and the loading options they share."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+
+from mmcli.errors import CapabilityError, explain_load_error
+from mmcli.registry import ModelSpec
+from mmcli.runtime import Runtime
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    offline: bool = False
+    device_map: str | None = None  # "auto": accelerate spreads the model over GPUs and CPU
+    quantize: str | None = None  # "4bit" | "8bit" through bitsandbytes (CUDA only)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    max_new_tokens: int = 30
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class Backend(ABC):
+    """preprocess (CPU, thread-safe) -> forward (device, inference mode) -> results on the CPU."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, spec: ModelSpec, runtime: Runtime, options: LoadOptions | None = None):
+        self.spec = spec
+        self.runtime = runtime
+        self.options = options or LoadOptions()
+
+    # -- loading helpers shared by the families -------------------------------------------------------
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "revision": self.spec.revision,
+            "trust_remote_code": self.options.trust_remote_code,
+        }
+        if self.options.offline:
+            kwargs["local_files_only"] = True
+        return kwargs
+
+    def load(self, loader: Any, **extra: Any) -> Any:
+        """Call ``loader.from_pretrained`` on the checkpoint, turning failures into one-line errors."""
+        quiet_transformers()
+        kwargs = self.from_pretrained_kwargs() | extra
+        try:
+            return loader.from_pretrained(self.spec.checkpoint, **kwargs)
+        except Exception as exc:
+            raise explain_load_error(exc, self.spec.name) from exc
+
+    def load_model(self, loader: Any, **extra: Any) -> Any:
+        model = self.load(
+            loader,
+            dtype=self.runtime.dtype,
+            use_safetensors=None if self.options.allow_pickle else True,
+            **extra,
+        )
+        model.to(self.runtime.device)
+        model.eval()
+        return model
+
+    # -- the interface ----------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, images: list[Image.Image]) -> Batch:
+        """Images -> model inputs on the CPU. Runs in worker threads: no device work here."""
+
+    def encode_images(self, batch: Batch) -> torch.Tensor:
+        raise CapabilityError(f"{self.spec.name} cannot embed images")
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise CapabilityError(f"{self.spec.name} cannot embed texts")
+
+    def collate(self, batches: list[Batch]) -> Batch:
+        """Join per-image preprocessed batches into one (override when shapes vary per image)."""
+        return collate(batches)
+
+    def generate(self, batch: Batch, prompts: list[str | None], options: GenerateOptions) -> list[str]:
+        """One text per image: the answer to its prompt (None: the family's plain caption prompt).
+
+        Batched with left padding; only new tokens are decoded, special tokens and surrounding
+        whitespace stripped.
+        """
+        raise CapabilityError(f"{self.spec.name} cannot generate text")
+
+    def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:
+        """(N, L) length-normalised log-likelihood of each label as the answer to ``prompt``."""
+        raise CapabilityError(f"{self.spec.name} cannot score labels")
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers on mmcli's stderr."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def collate(batches: list[Batch]) -> Batch:
+    """Concatenate per-image preprocessed batches along the first dimension."""
+    return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}

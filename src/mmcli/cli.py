@@ -1,0 +1,86 @@
+"""The Typer root: registers the subcommands and is the one place errors become exit statuses.
+
+Importing this module must not import torch or transformers (``--help`` and completion stay instant):
+each command imports them inside its body.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from mmcli import __version__
+from mmcli.commands.classify import classify
+from mmcli.commands.compare import compare
+from mmcli.commands.embed import embed
+from mmcli.commands.models import models
+from mmcli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, MmcliError
+
+app = typer.Typer(
+    name="mmcli",
+    help="Zero-shot multimodal models from the command line: classify, caption, vqa, embed, compare.\n\n"
+    "Results go to stdout (a table on a terminal, JSON lines in a pipe); messages go to stderr.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mmcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Zero-shot multimodal models from the command line."""
+
+
+app.command("classify")(classify)
+app.command("embed")(embed)
+app.command("compare")(compare)
+app.command("models")(models)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map every outcome to a documented exit status."""
+    import click
+
+    try:
+        code = app(args=argv, prog_name="mmcli", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:  # bad options, missing arguments
+        exc.show()
+        code = EXIT_USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("mmcli: interrupted\n")
+        code = EXIT_INTERRUPTED
+    except MmcliError as exc:
+        sys.stderr.write(f"mmcli: error: {exc}\n")
+        code = exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`mmcli ... | head`): stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141
+    except Exception as exc:
+        if os.environ.get("MMCLI_DEBUG"):
+            raise
+        sys.stderr.write(f"mmcli: internal error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write("  (set MMCLI_DEBUG=1 for the traceback, and please report it)\n")
+        code = EXIT_FATAL
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per subcommand. Each imports only typer and mmcli's light modules at import time."""

@@ -1,0 +1,175 @@
+"""Options shared by the subcommands, as Annotated aliases, and the CommonOptions they fill."""
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mmcli.pipeline import DEFAULT_MAX_PIXELS, CommonOptions
+
+COMMON = "Common options"
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Image files, directories (walked recursively), glob patterns, or - to read paths from stdin.",
+        show_default=False,
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="An alias (see `mmcli models`), a hub id, or a local directory.",
+        rich_help_panel=COMMON,
+    ),
+]
+Revision = Annotated[
+    str | None,
+    typer.Option("--revision", help="Hub branch, tag or commit of the model.", rich_help_panel=COMMON),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="auto | cpu | cuda | cuda:N | mps. A missing device is an error.",
+        rich_help_panel=COMMON,
+    ),
+]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto | fp32 | fp16 | bf16.", rich_help_panel=COMMON)]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Images per forward pass [default: 16 on CPU, 32 on GPU].",
+        rich_help_panel=COMMON,
+    ),
+]
+Format = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table | jsonl | json | csv [default: table on a terminal, else jsonl, or from --output's extension].",
+        rich_help_panel=COMMON,
+    ),
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write records to this file instead of stdout.",
+        rich_help_panel=COMMON,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No warnings or summary on stderr.", rich_help_panel=COMMON),
+]
+Strict = Annotated[
+    bool,
+    typer.Option("--strict", help="Stop at the first input that fails.", rich_help_panel=COMMON),
+]
+Offline = Annotated[
+    bool,
+    typer.Option(
+        "--offline",
+        help="Use only the local Hugging Face cache (like HF_HUB_OFFLINE=1).",
+        rich_help_panel=COMMON,
+    ),
+]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Allow pickle (.bin) weights; only for checkpoints you trust.",
+        rich_help_panel=COMMON,
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run code shipped in the model's repository.",
+        rich_help_panel=COMMON,
+    ),
+]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        help="Refuse images with more pixels (decompression bombs).",
+        rich_help_panel=COMMON,
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Image decoding threads [default: from the CPU count].",
+        rich_help_panel=COMMON,
+    ),
+]
+Null = Annotated[
+    bool,
+    typer.Option(
+        "--null",
+        "-0",
+        help="Paths on stdin are NUL-separated (find -print0).",
+        rich_help_panel=COMMON,
+    ),
+]
+TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
+
+
+_COMMON: list[tuple[str, object, object]] = [
+    ("model", Model, None),
+    ("revision", Revision, None),
+    ("device", Device, "auto"),
+    ("dtype", Dtype, "auto"),
+    ("batch_size", BatchSize, None),
+    ("format", Format, None),
+    ("output", Output, None),
+    ("quiet", Quiet, False),
+    ("strict", Strict, False),
+    ("offline", Offline, False),
+    ("allow_pickle", AllowPickle, False),
+    ("trust_remote_code", TrustRemoteCode, False),
+    ("max_pixels", MaxPixels, DEFAULT_MAX_PIXELS),
+    ("workers", Workers, None),
+    ("null", Null, False),
+]
+
+
+def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
+    """Add the common options to a command's signature; the command receives them as ``common``.
+
+    Typer reads ``__signature__``, so each command lists only its own options and every command
+    spells the shared ones the same way.
+    """
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.name != "common"]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in _COMMON
+    ]
+    names = [name for name, _, _ in _COMMON]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> int:
+        values = {name: kwargs.pop(name) for name in names}
+        output = values["output"]
+        values["output"] = str(output) if output is not None else None
+        return fn(*args, common=CommonOptions(**values), **kwargs)
+
+    command.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
+    return command
