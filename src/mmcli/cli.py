@@ -53,16 +53,19 @@ app.command("models")(models)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every outcome to a documented exit status."""
-    import click
+    try:  # typer >= 0.20 vendors its own click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer with the click package
+        from click.exceptions import ClickException  # type: ignore[assignment]
 
     try:
         code = app(args=argv, prog_name="mmcli", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:  # bad options, missing arguments
+    except ClickException as exc:  # bad options, missing arguments
         exc.show()
         code = EXIT_USAGE
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("mmcli: interrupted\n")
         code = EXIT_INTERRUPTED
     except MmcliError as exc:

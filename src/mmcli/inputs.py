@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ IMAGE_EXTENSIONS = frozenset(
     ]
 )
 GLOB_CHARS = frozenset("*?[")
+# Formats never opened: EPS is decoded by running Ghostscript on the file.
+UNSAFE_FORMATS = frozenset(["EPS"])
+ALPHA_MODES = frozenset(["RGBA", "LA", "PA", "RGBa"])
 
 # mmcli checks the pixel count itself (see load_image), with a limit the user can raise.
 Image.MAX_IMAGE_PIXELS = None
@@ -71,35 +75,40 @@ def walk(directory: str) -> Iterator[str]:
     """Image files under ``directory``, recursively, in sorted order, hidden entries skipped.
 
     Lazy: the first file comes out before the walk has finished. Symbolic links to directories are not
-    followed (no loops).
+    followed (no loops). Raises InputError at the first directory that cannot be read.
     """
+    for item in _walk_items(directory):
+        if item.error:
+            raise InputError(item.error)
+        yield item.input
+
+
+def _walk_items(directory: str) -> Iterator[Item]:
+    """As ``walk``, but a directory that cannot be read becomes an error item and the walk goes on."""
     try:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
-        raise InputError(f"cannot read directory: {exc.strerror or exc}") from exc
+        yield Item(directory, f"cannot read directory: {exc.strerror or exc}")
+        return
     for entry in entries:
         if entry.name.startswith("."):
             continue
         path = os.path.join(directory, entry.name)
         try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from walk(path)
-            elif entry.is_file() and is_image_name(entry.name):
-                yield path
-        except InputError:
-            raise
+            is_dir = entry.is_dir(follow_symlinks=False)
+            is_image = not is_dir and entry.is_file() and is_image_name(entry.name)
         except OSError:
             continue
+        if is_dir:
+            yield from _walk_items(path)
+        elif is_image:
+            yield Item(path)
 
 
 def _expand_one(arg: str) -> Iterator[Item]:
     if os.path.isdir(arg):
-        try:
-            for path in walk(arg):
-                yield Item(path)
-        except InputError as exc:
-            yield Item(arg, str(exc))
+        yield from _walk_items(arg)
         return
     if os.path.lexists(arg):
         yield Item(arg)
@@ -153,25 +162,31 @@ def expand(args: Iterable[str], stdin: IO[bytes] | None = None, null: bool = Fal
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB: 16-bit and float scaled, transparency composited on white."""
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
-            arr = arr / 257.0
-        elif mode == "F" and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
-        mode = "L"
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        mode = im.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode != "RGB":
-        return im.convert("RGB")
-    return im
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _to_8bit_grey(im)
+    if im.mode == "La":  # premultiplied; Pillow converts it to LA only
+        im = im.convert("LA")
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        im = im.convert("RGBA")
+    if im.mode in ALPHA_MODES:
+        return _on_white(im)
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    """Integer (16/32-bit) or float greyscale to mode L, scaled rather than clipped."""
+    arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    if im.mode.startswith("I;16") or (im.mode == "I" and arr.size and arr.max() > 255):
+        arr = arr / 257.0
+    elif im.mode == "F" and arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return Image.fromarray(np.rint(np.clip(arr, 0, 255)).astype(np.uint8))
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _describe(exc: BaseException) -> str:
@@ -191,15 +206,30 @@ def _describe(exc: BaseException) -> str:
     return f"corrupt image: {text or type(exc).__name__}"
 
 
+def _check_regular_file(path: str) -> None:
+    """Refuse directories, FIFOs, devices and empty files before Pillow opens (or blocks on) them."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file")
+    if st.st_size == 0:
+        raise InputError("empty file")
+
+
+def _safe_formats() -> list[str]:
+    Image.init()  # registers every plugin once; later registrations (HEIF...) are picked up per call
+    return [fmt for fmt in Image.ID if fmt not in UNSAFE_FORMATS]
+
+
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode one image to RGB, EXIF orientation applied, first frame of animations.
 
     Raises InputError with a message fit for the user (the caller names the file).
     """
     try:
-        if os.path.getsize(path) == 0:
-            raise InputError("empty file")
-        with Image.open(path) as im:
+        _check_regular_file(path)
+        with Image.open(path, formats=_safe_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise InputError(

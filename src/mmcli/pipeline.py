@@ -85,8 +85,6 @@ class Job:
     ):
         self.task = task
         self.options = options
-        if options.offline:
-            os.environ["HF_HUB_OFFLINE"] = "1"
         if options.batch_size is not None and options.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         self.spec = registry.resolve(options.model or registry.default_model(task), options.revision)
@@ -103,6 +101,10 @@ class Job:
         from mmcli import runtime as rt
         from mmcli.backends.base import LoadOptions
 
+        if not self.spec.is_local:
+            asked = self.options.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            if registry.hub_offline(self.options.offline) and not asked:
+                self.reporter.warn("the Hugging Face hub is not reachable: using the local cache only")
         self.runtime = rt.resolve(self.options.device, self.options.dtype, self.spec.dtype)
         opts = LoadOptions(self.options.allow_pickle, self.options.trust_remote_code, self.options.offline)
         self.backend = registry.create_backend(self.spec, self.runtime, opts)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from mmcli.errors import CapabilityError, UnknownModelError, UsageError, explain_load_error
 
@@ -111,6 +114,36 @@ def _family_of_model_type(model_type: str | None, where: str) -> str:
     return family
 
 
+def hub_offline(force: bool = False) -> bool:
+    """Decide once whether the hub is used. Returns True when only the local cache will be read.
+
+    ``force`` is --offline. When the hub's host cannot be reached at all, switch to the cache at once
+    instead of letting each file request retry for half a minute.
+    """
+    from huggingface_hub import constants
+
+    if force:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+    if constants.HF_HUB_OFFLINE:
+        return True
+    if not _hub_reachable(constants.ENDPOINT):
+        constants.HF_HUB_OFFLINE = True
+        return True
+    return False
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let huggingface_hub go through it
+    url = urlsplit(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _read_hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
     from huggingface_hub import hf_hub_download
 
@@ -163,6 +196,7 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
             model_type=model_type,
         )
     if _looks_like_hub_id(name):
+        hub_offline()
         config = _read_hub_config(name, revision)
         model_type = config.get("model_type")
         return ModelSpec(

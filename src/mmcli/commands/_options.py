@@ -2,6 +2,7 @@
 
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,7 +158,12 @@ def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
     spells the shared ones the same way.
     """
     signature = inspect.signature(fn)
-    own = [p for p in signature.parameters.values() if p.name != "common"]
+    hints = typing.get_type_hints(fn, include_extras=True)  # the command's annotations, evaluated
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in signature.parameters.values()
+        if p.name != "common"
+    ]
     extra = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
         for name, annotation, default in _COMMON

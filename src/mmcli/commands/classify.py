@@ -44,7 +44,7 @@ def classify(
     ] = None,
     template: Annotated[
         str | None,
-        typer.Option("--template", "-t", help='Prompt template, "{}" is the label [default: the model\'s].'),
+        typer.Option("--template", "-t", help='Prompt template, "{}" is the label (default: the model\'s own).'),
     ] = None,
     ensemble: Annotated[
         str | None,
