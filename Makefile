@@ -29,11 +29,18 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python bench/demo.py
+# Until the bundled offline models exist, the demo builds a tiny random-weight CLIP locally: the plumbing
+# is real (save_pretrained -> mmcli --model DIR), the scores are not meaningful.
+DEMO_MODEL := .demo/tiny-clip
+$(DEMO_MODEL)/config.json: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -c "from mmcli.testing import build_clip; build_clip('$(DEMO_MODEL)')"
+
+demo: $(DEMO_MODEL)/config.json
+	HF_HUB_OFFLINE=1 $(BIN)/mmcli classify samples/ --labels "red circle,blue square,green triangle" \
+		--model $(DEMO_MODEL) --format table
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python bench/classify.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build dist

@@ -10,6 +10,12 @@ import string
 from pathlib import Path
 from typing import Any
 
+def _quiet() -> None:
+    from mmcli.backends.base import quiet_transformers
+
+    quiet_transformers()
+
+
 CHARS = string.ascii_lowercase + string.digits + ".,'!?-:;()/&"
 
 
@@ -45,6 +51,7 @@ def build_clip(
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+    _quiet()
     torch.manual_seed(seed)
     tok = clip_tokenizer()
     config = CLIPConfig(
@@ -111,6 +118,7 @@ def build_siglip(directory: str | Path, *, hidden: int = 32, image_size: int = 3
         SiglipProcessor,
     )
 
+    _quiet()
     torch.manual_seed(seed)
     words = ["<pad>", "<unk>", "</s>", ".", "a", "an", "of", "photo", "this", "is", "the"]
     words += [
