@@ -9,16 +9,27 @@ LABELS = ["cat", "dog", "bird", "red car"]
 
 
 def files(image_dir):
-    return sorted(str(p) for p in image_dir.rglob("*") if p.suffix in {".jpg", ".png", ".webp", ".bmp"}
-                  and not p.name.startswith("."))
+    return sorted(
+        str(p)
+        for p in image_dir.rglob("*")
+        if p.suffix in {".jpg", ".png", ".webp", ".bmp"} and not p.name.startswith(".")
+    )
 
 
 def test_scores_match_transformers_pipeline(cli, tiny_clip, image_dir):
     from transformers import pipeline
 
     paths = files(image_dir)
-    result = cli("classify", *paths, "--labels", ",".join(LABELS), "--model", tiny_clip,
-                 "--template", "a photo of a {}.")
+    result = cli(
+        "classify",
+        *paths,
+        "--labels",
+        ",".join(LABELS),
+        "--model",
+        tiny_clip,
+        "--template",
+        "a photo of a {}.",
+    )
     assert result.code == 0, result.stderr
     records = result.jsonl()
     assert [r["input"] for r in records] == paths
@@ -38,8 +49,16 @@ def test_siglip_scores_each_label_with_sigmoid(cli, tiny_siglip, image_dir):
 
     path = files(image_dir)[0]
     labels = ["cat", "dog", "bird"]
-    result = cli("classify", path, "--labels", ",".join(labels), "--model", tiny_siglip,
-                 "--template", "a photo of a {} .")
+    result = cli(
+        "classify",
+        path,
+        "--labels",
+        ",".join(labels),
+        "--model",
+        tiny_siglip,
+        "--template",
+        "a photo of a {} .",
+    )
     assert result.code == 0, result.stderr
     (record,) = result.jsonl()
     pipe = pipeline("zero-shot-image-classification", model=str(tiny_siglip))
@@ -103,8 +122,17 @@ def test_multi_label_returns_every_label_over_the_threshold(cli, tiny_siglip, im
     path = files(image_dir)[0]
     record = cli("classify", path, "--labels", "cat,dog,bird", "--model", tiny_siglip).jsonl()[0]
     threshold = sorted(record["scores"].values())[1] - 1e-6  # two labels above it
-    multi = cli("classify", path, "--labels", "cat,dog,bird", "--model", tiny_siglip, "--multi-label",
-                "--threshold", str(threshold)).jsonl()[0]
+    multi = cli(
+        "classify",
+        path,
+        "--labels",
+        "cat,dog,bird",
+        "--model",
+        tiny_siglip,
+        "--multi-label",
+        "--threshold",
+        str(threshold),
+    ).jsonl()[0]
     assert multi["labels"] == [k for k, v in record["scores"].items() if v >= threshold]
     assert len(multi["labels"]) == 2
 
@@ -112,8 +140,9 @@ def test_multi_label_returns_every_label_over_the_threshold(cli, tiny_siglip, im
 def test_labels_file_and_repeated_labels(cli, tiny_clip, image_dir, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("# animals\ncat\n\ndog\ncat\n")
-    record = cli("classify", files(image_dir)[0], "--labels-file", labels, "--labels", "bird,cat",
-                 "--model", tiny_clip).jsonl()[0]
+    record = cli(
+        "classify", files(image_dir)[0], "--labels-file", labels, "--labels", "bird,cat", "--model", tiny_clip
+    ).jsonl()[0]
     assert set(record["scores"]) == {"cat", "dog", "bird"}
 
 
@@ -138,7 +167,9 @@ def test_bf16_on_cpu_is_close_to_fp32(cli, tiny_clip, image_dir):
     fp32 = cli("embed", path, "--model", tiny_clip, "--dtype", "fp32").jsonl()[0]["embedding"]
     bf16 = cli("embed", path, "--model", tiny_clip, "--dtype", "bf16")
     assert bf16.code == 0 and "bf16" in bf16.stderr
-    cos = torch.nn.functional.cosine_similarity(torch.tensor(fp32), torch.tensor(bf16.jsonl()[0]["embedding"]), dim=0)
+    cos = torch.nn.functional.cosine_similarity(
+        torch.tensor(fp32), torch.tensor(bf16.jsonl()[0]["embedding"]), dim=0
+    )
     assert cos > 0.99
 
 

@@ -47,7 +47,9 @@ def test_nul_separated_paths_on_stdin(cli, tiny_clip, image_dir, tmp_path):
 
 
 def test_mixed_inputs_keep_their_order(cli, tiny_clip, image_dir):
-    result = cli("classify", f"{image_dir}/sub", f"{image_dir}/a.jpg", "--labels", "x,y", "--model", tiny_clip)
+    result = cli(
+        "classify", f"{image_dir}/sub", f"{image_dir}/a.jpg", "--labels", "x,y", "--model", tiny_clip
+    )
     assert names(result.jsonl(), image_dir) == ["sub/d.jpg", "sub/e.bmp", "a.jpg"]
 
 
@@ -90,8 +92,17 @@ def test_json_format_is_one_valid_array(cli, tiny_clip, image_dir):
 
 def test_csv_format_has_a_header_and_one_row_per_input(cli, tiny_clip, image_dir, tmp_path):
     (tmp_path / "bad.jpg").write_text("x")
-    result = cli("classify", image_dir / "a.jpg", tmp_path / "bad.jpg", "--labels", "cat,dog",
-                 "--model", tiny_clip, "-f", "csv")
+    result = cli(
+        "classify",
+        image_dir / "a.jpg",
+        tmp_path / "bad.jpg",
+        "--labels",
+        "cat,dog",
+        "--model",
+        tiny_clip,
+        "-f",
+        "csv",
+    )
     rows = list(csv.DictReader(io.StringIO(result.text)))
     assert rows[0]["label"] in ("cat", "dog") and float(rows[0]["score"]) > 0
     assert set(json.loads(rows[0]["scores"])) == {"cat", "dog"}
@@ -131,8 +142,16 @@ def test_exit_0_results_on_stdout_messages_on_stderr(tiny_clip, image_dir):
 
 
 def test_exit_3_when_some_inputs_fail(tiny_clip, image_dir):
-    result = run_mmcli("classify", image_dir / "a.jpg", image_dir / "nope.jpg", "--labels", "a,b",
-                       "--model", tiny_clip, "--quiet")
+    result = run_mmcli(
+        "classify",
+        image_dir / "a.jpg",
+        image_dir / "nope.jpg",
+        "--labels",
+        "a,b",
+        "--model",
+        tiny_clip,
+        "--quiet",
+    )
     assert result.code == 3
     assert len(result.stdout.splitlines()) == 2
     assert result.stderr == ""  # --quiet
@@ -161,8 +180,9 @@ def test_unknown_model_lists_the_aliases():
 
 
 def test_exit_1_when_the_device_is_missing(tiny_clip, image_dir):
-    result = run_mmcli("classify", image_dir / "a.jpg", "--labels", "a,b", "--model", tiny_clip,
-                       "--device", "cuda")
+    result = run_mmcli(
+        "classify", image_dir / "a.jpg", "--labels", "a,b", "--model", tiny_clip, "--device", "cuda"
+    )
     assert result.code == 1
     assert "available devices: cpu" in result.stderr
     assert result.stdout == b""
@@ -178,8 +198,15 @@ def test_exit_1_when_the_model_cannot_load(tmp_path, image_dir):
 
 
 def test_hub_model_offline_is_a_one_line_message(image_dir):
-    result = run_mmcli("classify", image_dir / "a.jpg", "--labels", "a,b", "--model", "nobody/nothing",
-                       env={"HF_HUB_OFFLINE": "1"})
+    result = run_mmcli(
+        "classify",
+        image_dir / "a.jpg",
+        "--labels",
+        "a,b",
+        "--model",
+        "nobody/nothing",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert result.code == 1
     assert "not in the local cache" in result.stderr and "Traceback" not in result.stderr
 
@@ -198,7 +225,9 @@ def test_pickle_weights_need_allow_pickle(tmp_path, tiny_clip, image_dir):
     torch.save(load_file(tiny_clip / "model.safetensors"), pickled / "pytorch_model.bin")
     refused = run_mmcli("classify", image_dir / "a.jpg", "--labels", "a,b", "--model", pickled)
     assert refused.code == 1 and "--allow-pickle" in refused.stderr
-    allowed = run_mmcli("classify", image_dir / "a.jpg", "--labels", "a,b", "--model", pickled, "--allow-pickle")
+    allowed = run_mmcli(
+        "classify", image_dir / "a.jpg", "--labels", "a,b", "--model", pickled, "--allow-pickle"
+    )
     assert allowed.code == 0, allowed.stderr
 
 
@@ -213,7 +242,9 @@ def _imported_modules(*args: str, env: dict[str, str] | None = None) -> set[str]
         env={**os.environ, **(env or {})},
         timeout=60,
     )
-    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return {
+        line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    }
 
 
 @pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["embed", "--help"], ["models"]])

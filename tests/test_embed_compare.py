@@ -18,7 +18,9 @@ def _features(model_dir, paths=(), texts=()):
     with torch.no_grad():
         out = {}
         if paths:
-            pixels = proc.image_processor(images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt")
+            pixels = proc.image_processor(
+                images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt"
+            )
             feats = model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
             out["images"] = torch.nn.functional.normalize(feats, dim=-1)
         if texts:

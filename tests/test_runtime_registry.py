@@ -69,7 +69,7 @@ def test_local_directory_family_comes_from_config_json(tiny_clip, tiny_siglip, t
     (odd / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UsageError, match="supported model types"):
         registry.resolve(str(odd))
-    with pytest.raises(UsageError, match="no config.json"):
+    with pytest.raises(UsageError, match=r"no config\.json"):
         registry.resolve(str(tmp_path))
 
 

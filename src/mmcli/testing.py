@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+
 def _quiet() -> None:
     from mmcli.backends.base import quiet_transformers
 

@@ -44,7 +44,9 @@ def classify(
     ] = None,
     template: Annotated[
         str | None,
-        typer.Option("--template", "-t", help='Prompt template, "{}" is the label (default: the model\'s own).'),
+        typer.Option(
+            "--template", "-t", help='Prompt template, "{}" is the label (default: the model\'s own).'
+        ),
     ] = None,
     ensemble: Annotated[
         str | None,
