@@ -16,12 +16,10 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from mmcli import registry
-from mmcli.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mmcli.errors import EXIT_OK, EXIT_PARTIAL, MmcliError, UsageError
 from mmcli.output import Record, Reporter, Writer, choose_format, open_writer
 
 if TYPE_CHECKING:
-    import torch
-
     from mmcli.backends.base import Backend, Batch
     from mmcli.inputs import Item
     from mmcli.runtime import Runtime
@@ -63,11 +61,11 @@ def batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 
 @dataclass
-class Encoded:
-    """One image's outcome: its embedding row, or the reason it failed."""
+class Outcome:
+    """One image's result (an embedding row, a caption, ...) or the reason it failed."""
 
     item: Item
-    vector: torch.Tensor | None = None
+    value: Any = None
     error: str | None = None
 
 
@@ -93,6 +91,7 @@ class Job:
         self.columns = columns
         self.reporter = Reporter(options.quiet)
         self._writer: Writer | None = None
+        self.forward_limit = 1 << 30  # lowered after an out-of-memory error
         self.backend: Backend
         self.runtime: Runtime
 
@@ -200,16 +199,47 @@ class Job:
                         out.append((item, None, f"cannot preprocess: {exc}"))
                 yield out
 
-    def encode_images(self, items: Iterable[Item]) -> Iterator[list[Encoded]]:
-        """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order."""
+    def forward(
+        self, items: Iterable[Item], fn: Callable[[Batch, int], Sequence[Any]]
+    ) -> Iterator[list[Outcome]]:
+        """Batches of outcomes in input order: ``fn(collated, n)`` gives one value per decoded image."""
         for batch in self.preprocessed(items):
+            results = [Outcome(item, None, err) for item, _, err in batch]
             good = [(i, data) for i, (_, data, err) in enumerate(batch) if err is None and data is not None]
-            results = [Encoded(item, None, err) for item, _, err in batch]
             if good:
-                vectors = self.backend.encode_images(self.backend.collate([data for _, data in good]))
-                for row, (index, _) in enumerate(good):
-                    results[index].vector = vectors[row]
+                values = self.with_backoff(fn, [data for _, data in good])
+                for (index, _), value in zip(good, values, strict=True):
+                    results[index].value = value
             yield results
+
+    def with_backoff(self, fn: Callable[[Batch, int], Sequence[Any]], parts: list[Batch]) -> list[Any]:
+        """Run ``fn`` on the collated parts; on out-of-memory halve the batch and retry, then remember
+        the smaller size for the rest of the run. One image that does not fit is fatal."""
+        from mmcli import runtime
+
+        if len(parts) > self.forward_limit:
+            half = self.forward_limit
+            return self.with_backoff(fn, parts[:half]) + self.with_backoff(fn, parts[half:])
+        try:
+            return list(fn(self.backend.collate(parts), len(parts)))
+        except Exception as exc:
+            if not runtime.is_out_of_memory(exc):
+                raise
+            runtime.free_memory(self.runtime.device)
+            if len(parts) == 1:
+                raise MmcliError(
+                    f"out of memory on {self.runtime.device} with a single image",
+                    "try --dtype fp16, --quantize 4bit, --device-map auto, or a smaller model",
+                ) from exc
+            self.forward_limit = len(parts) // 2
+            self.reporter.warn(
+                f"out of memory with a batch of {len(parts)}: retrying in batches of {self.forward_limit}"
+            )
+            return self.with_backoff(fn, parts)
+
+    def encode_images(self, items: Iterable[Item]) -> Iterator[list[Outcome]]:
+        """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order."""
+        return self.forward(items, lambda batch, _n: list(self.backend.encode_images(batch)))
 
 
 def error_record(item: Item, error: str) -> Record:

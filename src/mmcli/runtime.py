@@ -90,3 +90,18 @@ def resolve_dtype(name: str, device: torch.device, model_default: str = "auto") 
 def resolve(device: str = "auto", dtype: str = "auto", model_default: str = "auto") -> Runtime:
     dev = resolve_device(device)
     return Runtime(device=dev, dtype=resolve_dtype(dtype, dev, model_default))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError MPS and older torch raise."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

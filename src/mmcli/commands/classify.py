@@ -95,7 +95,7 @@ def classify(
         import torch
 
         for batch in job.encode_images(job.items(inputs)):
-            rows = [enc.vector for enc in batch if enc.vector is not None]
+            rows = [enc.value for enc in batch if enc.value is not None]
             probs = (
                 tasks.label_probabilities(torch.stack(rows), text_emb, scale, bias, scoring).tolist()
                 if rows
@@ -103,7 +103,7 @@ def classify(
             )
             it = iter(probs)
             for enc in batch:
-                if enc.vector is None:
+                if enc.value is None:
                     job.emit(error_record(enc.item, enc.error or "failed"))
                     continue
                 ranked = tasks.rank_labels(next(it), label_list, top_k)

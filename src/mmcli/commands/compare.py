@@ -62,11 +62,11 @@ def compare(
         rows: list[torch.Tensor] = []
         for batch in job.encode_images(job.items(sources)):
             for enc in batch:
-                if enc.vector is None:
+                if enc.value is None:
                     job.emit(error_record(enc.item, enc.error or "failed"))
                 else:
                     names.append(enc.item.input)
-                    rows.append(enc.vector)
+                    rows.append(enc.value)
             job.writer.flush()
         return names, (torch.stack(rows) if rows else None)
 

@@ -55,13 +55,13 @@ def embed(
         if inputs:
             for batch in job.encode_images(job.items(inputs)):
                 for enc in batch:
-                    if enc.vector is None:
+                    if enc.value is None:
                         job.emit(error_record(enc.item, enc.error or "failed"))
                     else:
                         job.emit(
                             {
                                 "input": enc.item.input,
-                                **vector_fields(enc.vector.tolist()),
+                                **vector_fields(enc.value.tolist()),
                                 "model": model,
                             }
                         )
