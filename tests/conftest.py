@@ -101,3 +101,17 @@ def run_mmcli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None
         timeout=120,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmcli.testing_gen import build_blip2
+
+    return build_blip2(tmp_path_factory.mktemp("tiny-blip2"), language="opt")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmcli.testing_gen import build_llava
+
+    return build_llava(tmp_path_factory.mktemp("tiny-llava"))

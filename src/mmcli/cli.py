@@ -13,10 +13,12 @@ from typing import Annotated
 import typer
 
 from mmcli import __version__
+from mmcli.commands.caption import caption
 from mmcli.commands.classify import classify
 from mmcli.commands.compare import compare
 from mmcli.commands.embed import embed
 from mmcli.commands.models import models
+from mmcli.commands.vqa import vqa
 from mmcli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, MmcliError
 
 app = typer.Typer(
@@ -46,6 +48,8 @@ def root(
 
 
 app.command("classify")(classify)
+app.command("caption")(caption)
+app.command("vqa")(vqa)
 app.command("embed")(embed)
 app.command("compare")(compare)
 app.command("models")(models)

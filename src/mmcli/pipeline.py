@@ -48,6 +48,8 @@ class CommonOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int | None = None
     null: bool = False
+    device_map: str | None = None
+    quantize: str | None = None
 
 
 class StopRun(Exception):
@@ -77,7 +79,7 @@ class Job:
         self,
         task: str,
         options: CommonOptions,
-        needs: set[str],
+        needs: set[str] | None,
         columns: Sequence[str],
         formats: Sequence[str] = ("table", "jsonl", "json", "csv"),
     ):
@@ -86,7 +88,8 @@ class Job:
         if options.batch_size is not None and options.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         self.spec = registry.resolve(options.model or registry.default_model(task), options.revision)
-        registry.require(self.spec, needs, task)
+        if needs is not None:
+            registry.require(self.spec, needs, task)
         self.format = choose_format(options.format, options.output, formats)
         self.columns = columns
         self.reporter = Reporter(options.quiet)
@@ -105,7 +108,13 @@ class Job:
             if registry.hub_offline(self.options.offline) and not asked:
                 self.reporter.warn("the Hugging Face hub is not reachable: using the local cache only")
         self.runtime = rt.resolve(self.options.device, self.options.dtype, self.spec.dtype)
-        opts = LoadOptions(self.options.allow_pickle, self.options.trust_remote_code, self.options.offline)
+        opts = LoadOptions(
+            allow_pickle=self.options.allow_pickle,
+            trust_remote_code=self.options.trust_remote_code,
+            offline=self.options.offline,
+            device_map=self.options.device_map,
+            quantize=self.options.quantize,
+        )
         self.backend = registry.create_backend(self.spec, self.runtime, opts)
         return self.backend
 

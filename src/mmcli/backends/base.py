@@ -34,6 +34,7 @@ class GenerateOptions:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    raw_prompts: bool = False  # True: prompts reach the model as given, not through the question template
 
 
 class Backend(ABC):
@@ -90,6 +91,10 @@ class Backend(ABC):
     def collate(self, batches: list[Batch]) -> Batch:
         """Join per-image preprocessed batches into one (override when shapes vary per image)."""
         return collate(batches)
+
+    def default_prompt(self, task: str) -> str | None:
+        """The family's configured prompt for ``task`` ("caption", "classify"); None: none."""
+        return None
 
     def generate(self, batch: Batch, prompts: list[str | None], options: GenerateOptions) -> list[str]:
         """One text per image: the answer to its prompt (None: the family's plain caption prompt).

@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from mmcli.backends.base import Backend, Batch, LoadOptions
+from mmcli.errors import UsageError
 from mmcli.registry import ModelSpec, model_type_entry
 from mmcli.runtime import Runtime
 
@@ -20,6 +21,11 @@ class ClipBackend(Backend):
 
     def __init__(self, spec: ModelSpec, runtime: Runtime, options: LoadOptions | None = None):
         super().__init__(spec, runtime, options)
+        if self.options.quantize or self.options.device_map:
+            raise UsageError(
+                "--quantize and --device-map are for the generative models (BLIP-2, LLaVA)",
+                "a contrastive model fits on one device; use --dtype fp16 to halve its memory",
+            )
         self.processor: Any = self.load(AutoProcessor)
         self.model: Any = self.load_model(AutoModel)
         settings = model_type_entry(self.model.config.model_type)

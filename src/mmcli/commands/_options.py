@@ -129,6 +129,22 @@ Null = Annotated[
         rich_help_panel=COMMON,
     ),
 ]
+DeviceMap = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="auto: spread a big generative model over the GPUs and the CPU (accelerate).",
+        rich_help_panel=COMMON,
+    ),
+]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
+        "--quantize",
+        help="4bit | 8bit: load a generative model quantised (bitsandbytes, CUDA only).",
+        rich_help_panel=COMMON,
+    ),
+]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
 
@@ -148,6 +164,8 @@ _COMMON: list[tuple[str, object, object]] = [
     ("max_pixels", MaxPixels, DEFAULT_MAX_PIXELS),
     ("workers", Workers, None),
     ("null", Null, False),
+    ("device_map", DeviceMap, None),
+    ("quantize", Quantize, None),
 ]
 
 

@@ -11,7 +11,7 @@ from mmcli.commands._options import Inputs, TopK, with_common_options
 from mmcli.errors import UsageError
 from mmcli.pipeline import CommonOptions, Job, error_record
 
-COLUMNS = ["input", "label", "score", "scores", "labels", "model", "error"]
+COLUMNS = ["input", "label", "score", "scores", "labels", "question", "model", "error"]
 TABLE_COLUMNS = ["input", "label", "score", "scores"]
 
 
@@ -55,6 +55,14 @@ def classify(
             help="Average over a template set from configs/templates.toml (imagenet80).",
         ),
     ] = None,
+    question: Annotated[
+        str | None,
+        typer.Option(
+            "--question",
+            help="Generative models: the question each label answers (default: the model's, e.g. "
+            '"What is in this image?").',
+        ),
+    ] = None,
     top_k: TopK = None,
     multi_label: Annotated[
         bool,
@@ -71,14 +79,24 @@ def classify(
 
     Example: mmcli classify photos/ --labels cat,dog,bird --top-k 2
     """
-    from mmcli import tasks
+    from mmcli import registry, tasks
 
     label_list = parse_labels(labels, labels_file)
     if template is not None and ensemble is not None:
         raise UsageError("--template and --ensemble cannot be used together")
-    job = Job("classify", common, {"encode_image", "encode_text"}, COLUMNS)
+    job = Job("classify", common, None, COLUMNS)
     if job.format == "table":
         job.columns = TABLE_COLUMNS
+    contrastive = {"encode_image", "encode_text"} <= job.spec.capabilities
+    if contrastive:
+        if question is not None:
+            raise UsageError("--question is for generative models; contrastive models use --template")
+    else:
+        registry.require(job.spec, {"score_text"}, "classify")
+        if template is not None or ensemble is not None:
+            raise UsageError("--template and --ensemble are for contrastive models; use --question")
+        return _classify_generative(job, inputs, label_list, question, top_k, multi_label, threshold)
+
     if ensemble is not None:
         templates = tasks.ensemble_templates(ensemble)
     else:
@@ -106,17 +124,74 @@ def classify(
                 if enc.value is None:
                     job.emit(error_record(enc.item, enc.error or "failed"))
                     continue
-                ranked = tasks.rank_labels(next(it), label_list, top_k)
-                record: dict[str, object] = {
-                    "input": enc.item.input,
-                    "label": ranked[0][0],
-                    "score": ranked[0][1],
-                    "scores": dict(ranked),
-                }
-                if multi_label:
-                    record["labels"] = [name for name, p in ranked if p >= threshold]
-                record["model"] = model
-                job.emit(record)
+                job.emit(_record(enc.item.input, next(it), label_list, top_k, multi_label, threshold, model))
+            job.writer.flush()
+
+    return job.run(body)
+
+
+def _record(
+    name: str,
+    probs: list[float],
+    labels: list[str],
+    top_k: int | None,
+    multi_label: bool,
+    threshold: float,
+    model: str,
+    **extra: object,
+) -> dict[str, object]:
+    from mmcli import tasks
+
+    ranked = tasks.rank_labels(probs, labels, top_k)
+    record: dict[str, object] = {
+        "input": name,
+        "label": ranked[0][0],
+        "score": ranked[0][1],
+        "scores": dict(ranked),
+    }
+    if multi_label:
+        record["labels"] = [label for label, p in ranked if p >= threshold]
+    return record | {"model": model} | extra
+
+
+def _classify_generative(
+    job: Job,
+    inputs: list[str],
+    labels: list[str],
+    question: str | None,
+    top_k: int | None,
+    multi_label: bool,
+    threshold: float,
+) -> int:
+    """Rank labels by the length-normalised log-likelihood of each as the answer; softmax over labels."""
+    import torch
+
+    backend = job.load()
+    asked = question if question is not None else backend.default_prompt("classify") or ""
+    model = job.spec.label
+
+    def scores(batch: object, _n: int) -> list[list[float]]:
+        loglik = backend.score_labels(batch, asked, labels)  # type: ignore[arg-type]
+        return torch.softmax(loglik, dim=-1).tolist()
+
+    def body() -> None:
+        for batch in job.forward(job.items(inputs), scores):
+            for out in batch:
+                if out.error is not None:
+                    job.emit(error_record(out.item, out.error))
+                    continue
+                job.emit(
+                    _record(
+                        out.item.input,
+                        out.value,
+                        labels,
+                        top_k,
+                        multi_label,
+                        threshold,
+                        model,
+                        question=asked,
+                    )
+                )
             job.writer.flush()
 
     return job.run(body)
