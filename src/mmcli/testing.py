@@ -44,6 +44,7 @@ def build_clip(
     projection: int = 16,
     text_hidden: int | None = None,
     text_layers: int | None = None,
+    text_heads: int | None = None,
     max_positions: int = 77,
     seed: int = 0,
     crop: bool = True,
@@ -61,7 +62,7 @@ def build_clip(
             "hidden_size": text_hidden or hidden,
             "intermediate_size": 4 * (text_hidden or hidden),
             "num_hidden_layers": text_layers or layers,
-            "num_attention_heads": heads,
+            "num_attention_heads": text_heads or heads,
             "max_position_embeddings": max_positions,
             "bos_token_id": tok.bos_token_id,
             "eos_token_id": tok.eos_token_id,
@@ -103,6 +104,7 @@ def build_clip_vit_b32(directory: str | Path, seed: int = 0) -> Path:
         projection=512,
         text_hidden=512,
         text_layers=12,
+        text_heads=8,
         seed=seed,
     )
 
