@@ -106,28 +106,30 @@ def _speak(model: Any, tokenizer: Any, projector: Any) -> None:
 
 
 # -- BLIP-2 -------------------------------------------------------------------------------------------
-def _blip2_parts(hidden: int, image_size: int, query_tokens: int) -> dict[str, Any]:
+def _blip2_parts(
+    hidden: int, image_size: int, query_tokens: int, layers: int = 2, heads: int = 4, patch: int = 8
+) -> dict[str, Any]:
     return {
         "vision_config": {
             "hidden_size": hidden,
             "intermediate_size": 2 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
             "image_size": image_size,
-            "patch_size": 8,
+            "patch_size": patch,
         },
         "qformer_config": {
             "hidden_size": hidden,
             "intermediate_size": 2 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
             "encoder_hidden_size": hidden,
         },
         "num_query_tokens": query_tokens,
     }
 
 
-def _language(kind: str, tok: Any, hidden: int) -> dict[str, Any]:
+def _language(kind: str, tok: Any, hidden: int, layers: int = 2, heads: int = 4) -> dict[str, Any]:
     common = {"vocab_size": len(tok), "tie_word_embeddings": False, "pad_token_id": tok.pad_token_id}
     if kind == "opt":
         return common | {
@@ -135,8 +137,8 @@ def _language(kind: str, tok: Any, hidden: int) -> dict[str, Any]:
             "hidden_size": hidden,
             "word_embed_proj_dim": hidden,
             "ffn_dim": 2 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
             "max_position_embeddings": 256,
             "bos_token_id": tok.bos_token_id,
             "eos_token_id": tok.eos_token_id,
@@ -144,11 +146,11 @@ def _language(kind: str, tok: Any, hidden: int) -> dict[str, Any]:
     return common | {
         "model_type": "t5",
         "d_model": hidden,
-        "d_kv": hidden // 4,
+        "d_kv": hidden // heads,
         "d_ff": 2 * hidden,
-        "num_layers": 2,
-        "num_decoder_layers": 2,
-        "num_heads": 4,
+        "num_layers": layers,
+        "num_decoder_layers": layers,
+        "num_heads": heads,
         "feed_forward_proj": "gated-gelu",
         "eos_token_id": tok.eos_token_id,
         "bos_token_id": tok.pad_token_id,  # captioning without text starts from it
@@ -163,6 +165,9 @@ def build_blip2(
     hidden: int = 32,
     image_size: int = 32,
     query_tokens: int = 4,
+    layers: int = 2,
+    heads: int = 4,
+    patch: int = 8,
     seed: int = 0,
 ) -> Path:
     """Save a Blip2ForConditionalGeneration (``language``: "opt" or "t5") and its Blip2Processor."""
@@ -174,8 +179,8 @@ def build_blip2(
     torch.manual_seed(seed)
     tok = opt_tokenizer() if language == "opt" else t5_tokenizer()
     config = Blip2Config(
-        **_blip2_parts(hidden, image_size, query_tokens),
-        text_config=_language(language, tok, hidden),
+        **_blip2_parts(hidden, image_size, query_tokens, layers, heads, patch),
+        text_config=_language(language, tok, hidden, layers, heads),
         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
     )
     model = Blip2ForConditionalGeneration(config).eval()
@@ -188,14 +193,16 @@ def build_blip2(
 
 
 # -- LLaVA --------------------------------------------------------------------------------------------
-def _llava_configs(tok: Any, hidden: int, image_size: int, patch: int) -> dict[str, Any]:
+def _llava_configs(
+    tok: Any, hidden: int, image_size: int, patch: int, layers: int = 2, heads: int = 4
+) -> dict[str, Any]:
     return {
         "vision_config": {
             "model_type": "clip_vision_model",
             "hidden_size": hidden,
             "intermediate_size": 2 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
             "image_size": image_size,
             "patch_size": patch,
         },
@@ -204,9 +211,9 @@ def _llava_configs(tok: Any, hidden: int, image_size: int, patch: int) -> dict[s
             "vocab_size": len(tok),
             "hidden_size": hidden,
             "intermediate_size": 2 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads // 2),
             "max_position_embeddings": 512,
             "tie_word_embeddings": False,
             "bos_token_id": tok.bos_token_id,
@@ -220,7 +227,14 @@ def _llava_configs(tok: Any, hidden: int, image_size: int, patch: int) -> dict[s
 
 
 def build_llava(
-    directory: str | Path, *, hidden: int = 32, image_size: int = 32, patch: int = 8, seed: int = 0
+    directory: str | Path,
+    *,
+    hidden: int = 32,
+    image_size: int = 32,
+    patch: int = 8,
+    layers: int = 2,
+    heads: int = 4,
+    seed: int = 0,
 ) -> Path:
     """Save a LlavaForConditionalGeneration (CLIP vision + Llama) and a LlavaProcessor with a chat template."""
     import torch
@@ -229,7 +243,8 @@ def build_llava(
     torch.manual_seed(seed)
     tok = llama_tokenizer()
     config = LlavaConfig(
-        **_llava_configs(tok, hidden, image_size, patch), image_seq_length=(image_size // patch) ** 2
+        **_llava_configs(tok, hidden, image_size, patch, layers, heads),
+        image_seq_length=(image_size // patch) ** 2,
     )
     model = LlavaForConditionalGeneration(config).eval()
     _speak(model, tok, model.model.multi_modal_projector)
