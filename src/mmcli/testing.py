@@ -45,7 +45,7 @@ def clip_tokenizer(words: Sequence[str] = ()) -> Any:
             vocab.setdefault(left, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges)
+    return CLIPTokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # tuples, as tokenizers wants
 
 
 def build_clip(
