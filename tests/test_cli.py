@@ -267,3 +267,21 @@ def test_models_lists_aliases_with_capabilities(cli):
     assert rows["clip-vit-b32"]["checkpoint"] == "openai/clip-vit-base-patch32"
     assert "encode_image" in rows["clip-vit-b32"]["capabilities"]
     assert "classify" in rows["clip-vit-b32"]["default_for"]
+
+
+def test_offline_flag_uses_only_the_cache(image_dir):
+    env = {"HF_HUB_OFFLINE": "0"}  # --offline alone must keep mmcli off the network
+    result = run_mmcli(
+        "classify", image_dir / "a.jpg", "--labels", "a,b", "--model", "clip-vit-b32", "--offline", env=env
+    )
+    assert result.code == 1
+    assert "not in the local cache" in result.stderr
+    assert "not reachable" not in result.stderr  # it did not even look for the hub
+
+
+def test_unreachable_hub_switches_to_the_cache_and_says_so(image_dir):
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens on port 9
+    result = run_mmcli("classify", image_dir / "a.jpg", "--labels", "a,b", "--model", "clip-vit-b32", env=env)
+    assert result.code == 1
+    assert "not reachable: using the local cache only" in result.stderr
+    assert "Retrying" not in result.stderr
