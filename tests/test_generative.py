@@ -127,7 +127,7 @@ def test_alias_fields_override_the_family(checkpoint: Callable[[str], Path]) -> 
         spec, family="vlm", options={"chat": False, "prompt_format": "{image} Q: {prompt} A:"}
     )
     model = registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions())
-    assert type(model).__name__ == "LlavaBackend"
+    assert type(model).__name__ == "GenericVlmBackend"
     assert model.render("hi") == "<image> Q: hi A:"
     assert model.generate(model.preprocess([IMAGES[0]]), ["hi"], GREEDY)[0]
 
