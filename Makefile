@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench bench-caption bench-shapes clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,26 +21,31 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench train
+	$(BIN)/ruff format --check src tests bench train
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench train
+	$(BIN)/ruff check --fix src tests bench train
 
-# Until the bundled offline models exist, the demo builds a tiny random-weight CLIP locally: the plumbing
-# is real (save_pretrained -> mmcli --model DIR), the scores are not meaningful.
-DEMO_MODEL := .demo/tiny-clip
-$(DEMO_MODEL)/config.json: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -c "from mmcli.testing import build_clip; build_clip('$(DEMO_MODEL)')"
+# The demo needs no network: the bundled shapes models (models/, trained by train/) on samples/.
+DEMO_IMAGE ?= samples/shapes-red-circle.png
+OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 
-demo: $(DEMO_MODEL)/config.json
-	HF_HUB_OFFLINE=1 $(BIN)/mmcli classify samples/ --labels "red circle,blue square,green triangle" \
-		--model $(DEMO_MODEL) --format table
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/mmcli classify $(DEMO_IMAGE) --model shapes-clip --labels-file samples/shapes-labels.txt --top-k 3 --format table
+	$(OFFLINE) $(BIN)/mmcli caption $(DEMO_IMAGE) --model shapes-llava --format table
+	$(OFFLINE) $(BIN)/mmcli vqa $(DEMO_IMAGE) --model shapes-blip2 --question "What color is the shape?" --question "What shape is it?" --format table
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/python bench/classify.py
+	$(OFFLINE) $(BIN)/python bench/classify.py
+
+bench-caption: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/caption.py
+
+bench-shapes: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/shapes_accuracy.py
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

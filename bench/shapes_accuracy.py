@@ -1,0 +1,246 @@
+"""Accuracy of the bundled shapes models, measured through the CLI on freshly rendered held-out images.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/shapes_accuracy.py            # 600 images (--n), all checks
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/shapes_accuracy.py --quick    # 120 images
+
+Renders ``--n`` scenes with ``mmcli.shapes.scene(seed)`` for seeds from 3 000 000 000 (the training
+scripts use seeds below 2 000 000 000, their own checks 2 000 000 000 on), every third one saved as a
+JPEG (quality 40-95), the rest as PNG, into bench/out/shapes/. Then runs ``.venv/bin/mmcli`` in
+subprocesses, ``-f jsonl``, and compares each record with the scene's ground truth:
+
+  classify   shapes-clip over the 24 "<colour> <shape>" labels: top-1                 target >= 97 %
+  caption    shapes-blip2 and shapes-llava: the caption names the colour and the shape  target >= 92 %
+  vqa        "What color is the shape?" -> the colour                                   target >= 97 %
+             "What shape is it?" -> the shape                                           target >= 92 %
+  gen-classify  shapes-llava classify over the 24 labels (label likelihood): top-1     target >= 85 %
+             (and shapes-blip2's, for reference)
+
+Each figure is broken down by shape, colour, shape size (the circumscribed circle as a share of the
+shorter side), aspect ratio and file format. Prints figures, never asserts; also writes
+bench/out/shapes_accuracy.json (or --json PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from mmcli import shapes  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+SEED0 = 3_000_000_000
+COLOUR_Q = "What color is the shape?"
+SHAPE_Q = "What shape is it?"
+TARGETS = {
+    "classify shapes-clip": 0.97,
+    "caption shapes-blip2": 0.92,
+    "caption shapes-llava": 0.92,
+    "vqa colour shapes-blip2": 0.97,
+    "vqa colour shapes-llava": 0.97,
+    "vqa shape shapes-blip2": 0.92,
+    "vqa shape shapes-llava": 0.92,
+    "gen-classify shapes-llava": 0.85,
+}
+
+
+def size_bucket(s: shapes.Scene) -> str:
+    return "25-40%" if s.size < 0.4 else "40-60%" if s.size < 0.6 else "60-80%"
+
+
+def aspect_bucket(s: shapes.Scene) -> str:
+    a = s.aspect
+    if abs(a - 1) < 1e-9:
+        return "1:1"
+    if a > 1:
+        return "landscape <1.5" if a < 1.5 else "landscape >=1.5"
+    return "portrait <1.5" if 1 / a < 1.5 else "portrait >=1.5"
+
+
+BREAKDOWNS: dict[str, Callable[[shapes.Scene, str], str]] = {
+    "shape": lambda s, f: s.shape,
+    "colour": lambda s, f: s.colour,
+    "size": lambda s, f: size_bucket(s),
+    "aspect": lambda s, f: aspect_bucket(s),
+    "format": lambda s, f: f,
+}
+
+
+def render(n: int, directory: Path) -> dict[str, tuple[shapes.Scene, str]]:
+    """``n`` held-out images; returns file name -> (scene, format)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.iterdir():
+        old.unlink()
+    truth = {}
+    for i in range(n):
+        scene = shapes.scene(SEED0 + i)
+        image = scene.render()
+        if i % 3 == 2:
+            name = f"{i:05d}.jpg"
+            image.save(directory / name, quality=40 + (i * 11) % 56)
+            truth[name] = (scene, "jpeg")
+        else:
+            name = f"{i:05d}.png"
+            image.save(directory / name)
+            truth[name] = (scene, "png")
+    return truth
+
+
+def mmcli(*args: str) -> tuple[list[dict[str, Any]], float]:
+    """Run ``mmcli ARGS -f jsonl -q``; its records and wall time."""
+    exe = ROOT / ".venv" / "bin" / "mmcli"
+    command = [str(exe) if exe.exists() else "mmcli", *args, "-f", "jsonl", "-q"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    t0 = time.time()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    took = time.time() - t0
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()], took
+
+
+def score(
+    records: list[dict[str, Any]],
+    truth: dict[str, tuple[shapes.Scene, str]],
+    correct: Callable[[dict[str, Any], shapes.Scene], bool],
+) -> dict[str, Any]:
+    """Overall and per-breakdown accuracy; a missing or failed record counts as wrong."""
+    by_name = {Path(r["input"]).name: r for r in records}
+    hits: dict[str, dict[str, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in BREAKDOWNS}
+    total = ok = 0
+    wrong: list[str] = []
+    for name, (scene, fmt) in truth.items():
+        record = by_name.get(name)
+        good = record is not None and "error" not in record and correct(record, scene)
+        total += 1
+        ok += good
+        if not good and len(wrong) < 8:
+            wrong.append(
+                f"{name} {scene.label} ({scene.width}x{scene.height}, size {scene.size:.2f}): {_shown(record)}"
+            )
+        for key, bucket in BREAKDOWNS.items():
+            cell = hits[key][bucket(scene, fmt)]
+            cell[0] += good
+            cell[1] += 1
+    return {
+        "accuracy": ok / total,
+        "n": total,
+        "by": {k: {b: v[0] / v[1] for b, v in sorted(cells.items())} for k, cells in hits.items()},
+        "counts": {k: {b: v[1] for b, v in sorted(cells.items())} for k, cells in hits.items()},
+        "wrong_examples": wrong,
+    }
+
+
+def _shown(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "no record"
+    for key in ("label", "caption", "answer", "error"):
+        if key in record:
+            return f"{key}={record[key]!r}"
+    return repr(record)
+
+
+def words(text: str) -> list[str]:
+    return text.lower().replace(".", " ").replace(",", " ").split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=600, help="held-out images (default 600)")
+    parser.add_argument("--quick", action="store_true", help="120 images")
+    parser.add_argument("--json", type=Path, default=OUT / "shapes_accuracy.json")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    n = 120 if args.quick else args.n
+    directory = OUT / "shapes"
+    t0 = time.time()
+    truth = render(n, directory)
+    print(
+        f"{n} held-out images (seeds {SEED0}..{SEED0 + n - 1}) rendered in {time.time() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    labels_file = OUT / "shapes-labels.txt"
+    labels_file.write_text("\n".join(shapes.labels()) + "\n")
+    common = [str(directory), "-b", str(args.batch_size)]
+    results: dict[str, Any] = {}
+
+    def run(name: str, argv: list[str], correct: Callable[[dict[str, Any], shapes.Scene], bool]) -> None:
+        records, took = mmcli(*argv)
+        results[name] = score(records, truth, correct) | {"seconds": round(took, 1)}
+        print(f"  {name}: {results[name]['accuracy']:.1%} ({took:.0f} s)", file=sys.stderr)
+
+    label_ok = lambda r, s: r["label"] == s.label  # noqa: E731
+    run(
+        "classify shapes-clip",
+        ["classify", *common, "--model", "shapes-clip", "--labels-file", str(labels_file)],
+        label_ok,
+    )
+    for model in ("shapes-blip2", "shapes-llava"):
+        run(
+            f"caption {model}",
+            ["caption", *common, "--model", model],
+            lambda r, s: s.colour in words(r["caption"]) and s.shape in words(r["caption"]),
+        )
+        records, took = mmcli("vqa", *common, "--model", model, "--question", COLOUR_Q, "--question", SHAPE_Q)
+        colour = [r for r in records if r.get("question") == COLOUR_Q or "error" in r]
+        shape = [r for r in records if r.get("question") == SHAPE_Q or "error" in r]
+        results[f"vqa colour {model}"] = score(
+            colour, truth, lambda r, s: r["answer"].strip().lower() == s.colour
+        )
+        results[f"vqa shape {model}"] = score(
+            shape, truth, lambda r, s: r["answer"].strip().lower() == s.shape
+        )
+        results[f"vqa colour {model}"]["seconds"] = results[f"vqa shape {model}"]["seconds"] = round(took, 1)
+        print(f"  vqa {model}: done ({took:.0f} s)", file=sys.stderr)
+    run(
+        "gen-classify shapes-llava",
+        ["classify", *common, "--model", "shapes-llava", "--labels-file", str(labels_file)],
+        label_ok,
+    )
+    if not args.quick:
+        run(
+            "gen-classify shapes-blip2",
+            ["classify", *common, "--model", "shapes-blip2", "--labels-file", str(labels_file)],
+            label_ok,
+        )
+
+    report(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"n": n, "seed0": SEED0, "targets": TARGETS, "results": results}
+    args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwritten to {args.json} ({time.time() - t0:.0f} s in all)")
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\n{'check':<28} {'accuracy':>9} {'target':>7}  ")
+    for name, r in results.items():
+        target = TARGETS.get(name)
+        mark = "" if target is None else ("ok" if r["accuracy"] >= target else "BELOW")
+        shown = f"{target:.0%}" if target is not None else "-"
+        print(f"{name:<28} {r['accuracy']:>9.1%} {shown:>7}  {mark}")
+    for key in BREAKDOWNS:
+        buckets = sorted({b for r in results.values() for b in r["by"][key]})
+        print(f"\nby {key}:")
+        print(f"{'':<28} " + " ".join(f"{b[:15]:>15}" for b in buckets))
+        first = next(iter(results.values()))
+        print(f"{'(images)':<28} " + " ".join(f"{first['counts'][key].get(b, 0):>15}" for b in buckets))
+        for name, r in results.items():
+            print(f"{name:<28} " + " ".join(f"{r['by'][key].get(b, float('nan')):>15.1%}" for b in buckets))
+    print("\nsome errors:")
+    for name, r in results.items():
+        for line in r["wrong_examples"][:4]:
+            print(f"  {name}: {line}")
+
+
+if __name__ == "__main__":
+    main()
