@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from mmcli.backends.base import Backend, Batch, GenerateOptions, LoadOptions
-from mmcli.backends.vlm import LABEL_CHUNK, model_placement, seeded, settings_for
+from mmcli.backends.vlm import LABEL_CHUNK, generate_kwargs, model_placement, seeded, settings_for
 from mmcli.errors import MmcliError, UsageError
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
@@ -159,16 +159,7 @@ class GenericVlmBackend(Backend):
         return [text.strip() for text in texts]
 
     def generate_kwargs(self, options: GenerateOptions) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": options.max_new_tokens,
-            "num_beams": options.num_beams,
-            "do_sample": options.do_sample,
-            "num_return_sequences": 1,
-            "pad_token_id": self.pad_id,
-        }
-        if options.do_sample:
-            kwargs |= {"temperature": options.temperature, "top_p": options.top_p}
-        return kwargs
+        return generate_kwargs(options, self.pad_id)
 
     # -- label scoring --------------------------------------------------------------------------------
     def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:

@@ -109,16 +109,7 @@ class GenerativeBackend(Backend):
         return [text.strip() for text in texts]
 
     def generate_kwargs(self, options: GenerateOptions) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": options.max_new_tokens,
-            "num_beams": options.num_beams,
-            "do_sample": options.do_sample,
-            "num_return_sequences": 1,
-            "pad_token_id": self.pad_id,
-        }
-        if options.do_sample:
-            kwargs |= {"temperature": options.temperature, "top_p": options.top_p}
-        return kwargs
+        return generate_kwargs(options, self.pad_id)
 
     # -- label scoring --------------------------------------------------------------------------------
     def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:
@@ -207,6 +198,20 @@ class GenerativeBackend(Backend):
 
 
 # -- module helpers -----------------------------------------------------------------------------------
+def generate_kwargs(options: GenerateOptions, pad_id: int) -> dict[str, Any]:
+    """``model.generate`` keyword arguments for mmcli's decoding options (shared by the generative families)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "num_beams": options.num_beams,
+        "do_sample": options.do_sample,
+        "num_return_sequences": 1,
+        "pad_token_id": pad_id,
+    }
+    if options.do_sample:
+        kwargs |= {"temperature": options.temperature, "top_p": options.top_p}
+    return kwargs
+
+
 def settings_for(spec: ModelSpec, model_type: str | None) -> dict[str, Any]:
     """Prompts and switches: the family's, then the model type's, then the alias's own (last wins)."""
     return family_entry(spec.family) | model_type_entry(spec.model_type or model_type) | spec.options
