@@ -50,6 +50,16 @@ class CommonOptions:
     null: bool = False
     device_map: str | None = None
     quantize: str | None = None
+    overwrite: bool = False
+    cache_dir: str | None = None
+    no_cache: bool = False
+    summary_json: str | None = None
+    max_errors: int | None = None
+    manifest: str | None = None
+    engine: str = "local"
+    ray_address: str = "local"
+    actors: int | None = None
+    gpus_per_actor: float = 0.0
 
 
 class StopRun(Exception):

@@ -48,7 +48,7 @@ BatchSize = Annotated[
         "--batch-size",
         "-b",
         min=1,
-        help="Images per forward pass [default: 16 on CPU, 32 on GPU].",
+        help="Images per forward pass \\[default: 16 on CPU, 32 on GPU].",
         rich_help_panel=COMMON,
     ),
 ]
@@ -57,7 +57,7 @@ Format = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="table | jsonl | json | csv [default: table on a terminal, else jsonl, or from --output's extension].",
+        help="table | jsonl | json | csv \\[default: table on a terminal, else jsonl, or from --output's extension].",
         rich_help_panel=COMMON,
     ),
 ]
@@ -116,7 +116,7 @@ Workers = Annotated[
     typer.Option(
         "--workers",
         min=1,
-        help="Image decoding threads [default: from the CPU count].",
+        help="Image decoding threads \\[default: from the CPU count].",
         rich_help_panel=COMMON,
     ),
 ]
@@ -145,6 +145,66 @@ Quantize = Annotated[
         rich_help_panel=COMMON,
     ),
 ]
+BATCH = "Batch jobs"
+Overwrite = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Start --output afresh instead of resuming (by default finished inputs are skipped).",
+        rich_help_panel=BATCH,
+    ),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Image-embedding cache directory \\[default: $MMCLI_CACHE_DIR or ~/.cache/mmcli].",
+        rich_help_panel=BATCH,
+    ),
+]
+NoCache = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Neither read nor write the embedding cache.", rich_help_panel=BATCH),
+]
+SummaryJson = Annotated[
+    Path | None,
+    typer.Option(
+        "--summary-json", help="Also write the run summary as JSON to this file.", rich_help_panel=BATCH
+    ),
+]
+MaxErrors = Annotated[
+    int | None,
+    typer.Option("--max-errors", min=1, help="Stop after N failed inputs.", rich_help_panel=BATCH),
+]
+Manifest = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="Inputs from a parquet, jsonl or csv file with a path (or url) column.",
+        rich_help_panel=BATCH,
+    ),
+]
+RAY = "Scale out (Ray)"
+Engine = Annotated[
+    str,
+    typer.Option("--engine", help="local | ray (needs mmcli\\[ray]).", rich_help_panel=RAY),
+]
+RayAddress = Annotated[
+    str,
+    typer.Option("--ray-address", help="local (start Ray here) | auto | HOST:PORT.", rich_help_panel=RAY),
+]
+Actors = Annotated[
+    int | None,
+    typer.Option(
+        "--actors", min=1, help="Model replicas \\[default: GPUs, or 1 on CPU].", rich_help_panel=RAY
+    ),
+]
+GpusPerActor = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-actor", min=0.0, help="GPUs each replica takes (0 on CPU).", rich_help_panel=RAY
+    ),
+]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
 
@@ -166,6 +226,16 @@ _COMMON: list[tuple[str, object, object]] = [
     ("null", Null, False),
     ("device_map", DeviceMap, None),
     ("quantize", Quantize, None),
+    ("overwrite", Overwrite, False),
+    ("cache_dir", CacheDir, None),
+    ("no_cache", NoCache, False),
+    ("summary_json", SummaryJson, None),
+    ("max_errors", MaxErrors, None),
+    ("manifest", Manifest, None),
+    ("engine", Engine, "local"),
+    ("ray_address", RayAddress, "local"),
+    ("actors", Actors, None),
+    ("gpus_per_actor", GpusPerActor, 0.0),
 ]
 
 
@@ -191,8 +261,9 @@ def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> int:
         values = {name: kwargs.pop(name) for name in names}
-        output = values["output"]
-        values["output"] = str(output) if output is not None else None
+        for key in ("output", "cache_dir", "summary_json", "manifest"):
+            if values[key] is not None:
+                values[key] = str(values[key])
         return fn(*args, common=CommonOptions(**values), **kwargs)
 
     command.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]
