@@ -96,7 +96,10 @@ def aliases() -> dict[str, dict[str, Any]]:
 
 
 def default_model(task: str) -> str:
-    name: str = models_table().get("defaults", {}).get(task, "")
+    """The model a task uses without --model: the user config's [models] entry, else configs/models.toml's."""
+    from mmcli import userconfig
+
+    name: str = userconfig.default_model(task) or models_table().get("defaults", {}).get(task, "")
     if not name:
         raise UsageError(f"no default model for {task!r}; pass --model")
     return name

@@ -260,7 +260,25 @@ def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> int:
+        from mmcli import userconfig
+
+        try:  # typer >= 0.20 vendors its own click
+            from typer._click.core import ParameterSource
+            from typer._click.globals import get_current_context
+        except ImportError:  # pragma: no cover - older typer with the click package
+            from click.core import ParameterSource  # type: ignore[assignment]
+            from click.globals import get_current_context  # type: ignore[assignment]
+
         values = {name: kwargs.pop(name) for name in names}
+        # The user config fills the options left at their defaults; options given on the command line win.
+        ctx = get_current_context(silent=True)
+        defaults = {name: default for name, _, default in _COMMON}
+        if ctx is None:
+            given = {name for name in names if values[name] != defaults[name]}
+        else:
+            unset = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+            given = {name for name in names if ctx.get_parameter_source(name) not in unset}
+        userconfig.apply_defaults(values, given)
         for key in ("output", "cache_dir", "summary_json", "manifest"):
             if values[key] is not None:
                 values[key] = str(values[key])
