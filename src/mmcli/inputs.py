@@ -1,4 +1,5 @@
-"""Expand paths, directories, globs and ``-`` (paths on stdin) into items, lazily; decode images safely.
+"""Expand paths, URLs, directories, globs, ``-`` (paths on stdin) and manifests into items, lazily;
+read their bytes (``read_bytes``, downloads in ``mmcli.fetch``) and decode images safely (``decode_image``).
 
 Every failure here becomes an ``Item`` with an ``error`` or an ``InputError``: a bad input is a record,
 never a crash of the batch.
@@ -7,10 +8,11 @@ never a crash of the batch.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -18,7 +20,25 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mmcli.errors import InputError
+from mmcli.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch, is_url
 from mmcli.pipeline import DEFAULT_MAX_PIXELS
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT",
+    "Item",
+    "count_inputs",
+    "decode_image",
+    "expand",
+    "expand_manifest",
+    "is_url",
+    "load_image",
+    "read_bytes",
+    "read_manifest",
+    "read_paths",
+    "to_rgb",
+    "walk",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     [
@@ -107,6 +127,9 @@ def _walk_items(directory: str) -> Iterator[Item]:
 
 
 def _expand_one(arg: str) -> Iterator[Item]:
+    if is_url(arg):
+        yield Item(arg)
+        return
     if os.path.isdir(arg):
         yield from _walk_items(arg)
         return
@@ -148,7 +171,8 @@ def read_paths(stream: IO[bytes], null: bool) -> Iterator[str]:
 
 
 def expand(args: Iterable[str], stdin: IO[bytes] | None = None, null: bool = False) -> Iterator[Item]:
-    """Every input, in order: files as given, directories walked, globs matched, ``-`` read from stdin."""
+    """Every input, in order: files and URLs as given, directories walked, globs matched, ``-`` read from
+    stdin (where URLs, directories and globs work too)."""
     for arg in args:
         if arg == "-":
             if stdin is None:
@@ -158,6 +182,20 @@ def expand(args: Iterable[str], stdin: IO[bytes] | None = None, null: bool = Fal
                 yield from _expand_one(path)
         else:
             yield from _expand_one(arg)
+
+
+def count_inputs(args: Sequence[str]) -> int | None:
+    """How many items ``expand(args)`` yields, without decoding or opening any file (for a progress total).
+
+    None when ``-`` is among ``args`` (stdin can be read only once) or on any trouble. Safe to run in a
+    thread beside ``expand``: it shares no state with it and never raises.
+    """
+    try:
+        if "-" in args:
+            return None
+        return sum(1 for arg in args for _ in _expand_one(arg))
+    except Exception:
+        return None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -222,14 +260,62 @@ def _safe_formats() -> list[str]:
     return [fmt for fmt in Image.ID if fmt not in UNSAFE_FORMATS]
 
 
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one image to RGB, EXIF orientation applied, first frame of animations.
+def read_bytes(name: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+    """The bytes of a URL (downloaded: see ``mmcli.fetch.fetch``) or of a local regular file.
 
+    ``max_bytes`` and ``timeout`` apply to downloads; a local file is limited by the pixel limit when it
+    is decoded. Raises InputError with a message fit for the user (the caller names the input).
+    """
+    if is_url(name):
+        return fetch(name, max_bytes, timeout).data
+    try:
+        _check_regular_file(name)
+        with open(name, "rb") as f:
+            return f.read()
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(_describe(exc)) from exc
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file's bytes to RGB, EXIF orientation applied, first frame of animations.
+
+    Safe formats only (never EPS); the pixel count is checked against ``max_pixels`` before decoding.
+    Raises InputError with a message fit for the user.
+    """
+    if not data:
+        raise InputError("empty file")
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``decode_image(read_bytes(path), max_pixels)``: a local file or a URL to an RGB image.
+
+    A local file is handed to Pillow as a file (read lazily, not copied into memory first).
     Raises InputError with a message fit for the user (the caller names the file).
     """
+    if is_url(path):
+        download = fetch(path)
+        try:
+            return decode_image(download.data, max_pixels)
+        except InputError as exc:
+            kind = download.content_type
+            if "not an image" in str(exc) and kind and not kind.startswith("image/"):
+                raise InputError(f"{exc} (the server sent {kind})") from exc
+            raise
     try:
         _check_regular_file(path)
-        with Image.open(path, formats=_safe_formats()) as im:
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(_describe(exc)) from exc
+    return _decode(path, max_pixels)
+
+
+def _decode(source: str | IO[bytes], max_pixels: int) -> Image.Image:
+    try:
+        with Image.open(source, formats=_safe_formats()) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise InputError(
@@ -247,3 +333,24 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise
     except Exception as exc:
         raise InputError(_describe(exc)) from exc
+
+
+# -- manifests (the readers live in mmcli.manifest, which builds on this module) ---------------------------
+def read_manifest(path: str) -> Iterator[str]:
+    """The inputs listed in a .parquet, .jsonl/.ndjson or .csv manifest, streamed; see ``mmcli.manifest``.
+
+    Relative paths in a manifest resolve against the manifest's directory, not the current one.
+    """
+    from mmcli import manifest
+
+    return manifest.read_manifest(path)
+
+
+def expand_manifest(path: str) -> Iterator[Item]:
+    """Items from a manifest: URLs as they are, files as given, directories walked; see ``mmcli.manifest``.
+
+    Relative paths in a manifest resolve against the manifest's directory, not the current one.
+    """
+    from mmcli import manifest
+
+    return manifest.expand_manifest(path)

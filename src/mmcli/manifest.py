@@ -1,0 +1,205 @@
+"""Manifests: the inputs of a very large job listed in a .parquet, .jsonl/.ndjson or .csv file, streamed.
+
+A manifest of 10 million rows never sits in memory: parquet is read in record batches, jsonl and csv line by
+line. ``mmcli.inputs.read_manifest`` and ``expand_manifest`` are the public names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from mmcli.errors import UsageError
+from mmcli.fetch import is_url
+from mmcli.inputs import Item, _expand_one
+
+MANIFEST_COLUMNS = ("path", "url", "input", "image", "file", "filename")
+MANIFEST_FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+PARQUET_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class _BadRow:
+    where: str  # "line 7", "row 12"
+    error: str
+
+
+def read_manifest(path: str) -> Iterator[str]:
+    """The inputs listed in a manifest file, streamed: a 10-million-row manifest never sits in memory.
+
+    The format comes from the extension: ``.parquet`` (read in record batches; needs pyarrow, the
+    ``parquet`` extra), ``.jsonl`` / ``.ndjson`` (one JSON object per line) or ``.csv`` (a header row).
+    The input column is the first present of path, url, input, image, file, filename (any case). Empty
+    and null cells are skipped. URLs and absolute paths are kept as they are; relative paths resolve
+    against the manifest's directory, not the current one.
+
+    A bad manifest (missing, unknown format, no input column, pyarrow missing) raises UsageError at once;
+    a bad row (a jsonl line that is not a JSON object...) raises UsageError when it is reached
+    (``expand_manifest`` makes it an error item instead).
+    """
+    rows = _manifest_rows(path)
+
+    def values() -> Iterator[str]:
+        for row in rows:
+            if isinstance(row, _BadRow):
+                raise UsageError(f"manifest {path}, {row.where}: {row.error}")
+            yield row
+
+    return values()
+
+
+def expand_manifest(path: str) -> Iterator[Item]:
+    """Items from a manifest: URLs as they are, files as given, directories walked as on the command line.
+
+    Relative paths resolve against the manifest's directory. A bad row becomes an error item whose input
+    is ``<manifest> line N``; a bad manifest raises UsageError at once (see ``read_manifest``).
+    """
+    rows = _manifest_rows(path)
+
+    def items() -> Iterator[Item]:
+        for row in rows:
+            if isinstance(row, _BadRow):
+                yield Item(f"{path} {row.where}", row.error)
+            else:
+                yield from _expand_one(row)
+
+    return items()
+
+
+def _manifest_rows(path: str) -> Iterator[str | _BadRow]:
+    """Resolved inputs (non-empty cells) and bad rows; the manifest itself is checked before returning."""
+    kind = MANIFEST_FORMATS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise UsageError(
+            f"cannot tell the format of manifest {path}", "name it .parquet, .jsonl (or .ndjson) or .csv"
+        )
+    if not os.path.isfile(path):
+        raise UsageError(f"manifest not found (or not a file): {path}")
+    if kind == "parquet":
+        cells = _parquet_cells(path)
+    else:
+        try:
+            f = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
+        cells = _csv_cells(f, path) if kind == "csv" else _jsonl_cells(f, path)
+    base = os.path.dirname(path)
+
+    def resolved() -> Iterator[str | _BadRow]:
+        for cell in cells:
+            if isinstance(cell, _BadRow):
+                yield cell
+            elif cell and cell.strip():
+                yield cell if is_url(cell) or os.path.isabs(cell) else os.path.join(base, cell)
+
+    return resolved()
+
+
+def _input_column(names: Sequence[str], path: str) -> str:
+    lowered = {str(name).strip().lower(): name for name in reversed(names)}
+    for wanted in MANIFEST_COLUMNS:
+        if wanted in lowered:
+            return lowered[wanted]
+    raise UsageError(
+        f"manifest {path} has no input column (columns found: {', '.join(map(str, names)) or 'none'})",
+        f"name the column of paths or URLs one of: {', '.join(MANIFEST_COLUMNS)}",
+    )
+
+
+def _cell(value: object, where: str) -> str | _BadRow | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return _BadRow(where, f"not a path or URL: {value!r:.60}")
+
+
+def _parquet_cells(path: str) -> Iterator[str | _BadRow | None]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(
+            "reading a .parquet manifest needs pyarrow", "pip install 'mmcli[parquet]'"
+        ) from None
+    try:
+        parquet = pq.ParquetFile(path)
+        column = _input_column(parquet.schema_arrow.names, path)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc}") from exc
+
+    def cells() -> Iterator[str | _BadRow | None]:
+        row = 0
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[column]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                yield _cell(value, f"row {row}")
+
+    return cells()
+
+
+def _csv_cells(f: IO[str], path: str) -> Iterator[str | _BadRow | None]:
+    import csv
+
+    reader = csv.reader(f)
+    try:
+        header = next(reader, [])
+        index = header.index(_input_column(header, path))
+    except BaseException:
+        f.close()
+        raise
+
+    def cells() -> Iterator[str | None]:
+        with f:
+            for fields in reader:
+                yield fields[index] if index < len(fields) else None
+
+    return cells()
+
+
+def _jsonl_cells(f: IO[str], path: str) -> Iterator[str | _BadRow | None]:
+    """The column is chosen from the first object; lines before it that are not objects are kept as bad rows."""
+    import json
+
+    def parse(number: int, line: str) -> dict | _BadRow | None:
+        if not line.strip():
+            return None
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return _BadRow(f"line {number}", "not valid JSON")
+        return obj if isinstance(obj, dict) else _BadRow(f"line {number}", "not a JSON object")
+
+    lines = enumerate(f, 1)
+    before: list[_BadRow] = []
+    column = first = None
+    try:
+        for number, line in lines:
+            parsed = parse(number, line)
+            if isinstance(parsed, _BadRow):
+                before.append(parsed)
+                if len(before) > 1000:
+                    raise UsageError(f"manifest {path} is not JSON lines (no JSON object in its first lines)")
+            elif parsed is not None:
+                column, first = _input_column(list(parsed), path), (number, parsed)
+                break
+    except BaseException:
+        f.close()
+        raise
+
+    def cells() -> Iterator[str | _BadRow | None]:
+        with f:
+            yield from before
+            if first is None or column is None:
+                return
+            yield _cell(first[1].get(column), f"line {first[0]}")
+            for number, line in lines:
+                parsed = parse(number, line)
+                yield parsed if not isinstance(parsed, dict) else _cell(parsed.get(column), f"line {number}")
+
+    return cells()
