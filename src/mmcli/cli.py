@@ -16,6 +16,7 @@ from mmcli import __version__
 from mmcli.commands.caption import caption
 from mmcli.commands.classify import classify
 from mmcli.commands.compare import compare
+from mmcli.commands.doctor import doctor
 from mmcli.commands.embed import embed
 from mmcli.commands.models import models
 from mmcli.commands.vqa import vqa
@@ -53,6 +54,7 @@ app.command("vqa")(vqa)
 app.command("embed")(embed)
 app.command("compare")(compare)
 app.command("models")(models)
+app.command("doctor")(doctor)
 
 
 def main(argv: list[str] | None = None) -> None:

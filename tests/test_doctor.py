@@ -1,0 +1,97 @@
+"""mmcli doctor: versions, devices, caches, config and environment, as text or JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmcli.commands.doctor import directory_size, human_size
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A machine with no config file and empty caches."""
+    monkeypatch.delenv("MMCLI_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("MMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_json_has_every_section(cli, home):
+    result = cli("doctor", "--format", "json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"versions", "devices", "caches", "config", "environment"}
+    versions = report["versions"]
+    for name in ("python", "mmcli", "torch", "transformers", "huggingface_hub", "pillow", "numpy"):
+        assert versions[name] and versions[name] != "not installed"
+    for name in ("accelerate", "bitsandbytes", "pyarrow", "ray"):
+        assert name in versions  # a version or "not installed"
+    cpu = report["devices"][0]
+    assert cpu["device"] == "cpu" and cpu["threads"] >= 1 and "fp32" in cpu["dtypes"]
+    for dev in report["devices"][1:]:
+        assert dev["device"].startswith(("cuda:", "mps")) and "fp16" in dev["dtypes"]
+    assert set(report["caches"]) == {"huggingface_hub", "embeddings"}
+    assert report["caches"]["embeddings"] == {
+        "path": str(home / "cache"),
+        "exists": False,
+        "size_bytes": None,
+    }
+    assert "HF_HOME" in report["environment"] and "CUDA_VISIBLE_DEVICES" in report["environment"]
+    assert report["environment"]["MMCLI_CACHE_DIR"] == str(home / "cache")
+
+
+def test_works_with_no_config_file(cli, home):
+    report = json.loads(cli("doctor", "-f", "json").stdout)
+    config = report["config"]
+    assert config["path"] == str(home / "config" / "mmcli" / "config.toml")
+    assert config["exists"] is False and config["error"] is None and config["defaults"] == {}
+    assert config["models"]["classify"] == {"model": "clip-vit-b32", "from": "built-in"}
+
+
+def test_config_values_in_force_are_shown(cli, home, monkeypatch):
+    path = home / "my.toml"
+    path.write_text('[defaults]\nbatch_size = 8\ndevice = "cpu"\n[models]\nembed = "clip-vit-l14"\n')
+    monkeypatch.setenv("MMCLI_CONFIG", str(path))
+    config = json.loads(cli("doctor", "-f", "json").stdout)["config"]
+    assert config["path"] == str(path) and config["exists"] is True
+    assert config["defaults"] == {"batch_size": 8, "device": "cpu"}
+    assert config["models"]["embed"] == {"model": "clip-vit-l14", "from": "config"}
+    text = cli("doctor").text
+    assert str(path) in text and "batch_size" in text and "clip-vit-l14 (config)" in text
+
+
+def test_a_broken_config_is_reported_not_fatal(cli, home, monkeypatch):
+    path = home / "bad.toml"
+    path.write_text("[defaults]\nbatchsize = 8\n")
+    monkeypatch.setenv("MMCLI_CONFIG", str(path))
+    result = cli("doctor", "-f", "json")
+    assert result.code == 0
+    assert "batchsize" in json.loads(result.stdout)["config"]["error"]
+
+
+def test_text_is_readable_and_secrets_are_hidden(cli, home, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1")
+    result = cli("doctor")
+    assert result.code == 0, result.stderr
+    for title in ("Versions", "Devices", "Caches", "Config", "Environment"):
+        assert title in result.text
+    assert "cpu" in result.text and "torch" in result.text
+    assert "http://127.0.0.1:1" in result.text
+    assert "hf_secret_value" not in result.text and "hidden" in result.text
+
+
+def test_unknown_format_is_a_usage_error(cli, home):
+    result = cli("doctor", "--format", "yaml")
+    assert result.code == 2 and "text, json" in result.stderr
+
+
+def test_sizes(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 5)
+    (tmp_path / "link").symlink_to(tmp_path / "a")  # the hub cache's snapshots link to blobs
+    assert directory_size(tmp_path) == 15
+    assert human_size(15) == "15 B" and human_size(2_500_000) == "2.5 MB" and human_size(None) == "-"
