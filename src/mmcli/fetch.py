@@ -153,6 +153,8 @@ def _network_error(exc: BaseException, timeout: float) -> Exception:
         return _Transient(f"connection lost: {_strerror(reason)}")
     if isinstance(reason, OSError):  # refused, unreachable, reset while connecting...
         return _Transient(f"cannot connect: {_strerror(reason)}")
+    if isinstance(reason, http.client.InvalidURL):
+        return InputError(f"invalid URL: {_strerror(reason)}")
     if isinstance(reason, http.client.HTTPException):
         return _Transient(f"bad response from the server: {_strerror(reason)}")
     if isinstance(exc, (ValueError, UnicodeError)) or isinstance(reason, str):
