@@ -1,11 +1,15 @@
-"""Record writers (results to stdout or --output) and the reporter (everything else, to stderr)."""
+"""Record writers (results to stdout or --output) and the reporter (everything else, to stderr).
+
+Writers to stdout format records as they come. Writers to a file are *keyed* (see mmcli.resume): each
+record carries a "key", a re-run resumes where an interrupted one stopped, and the file ends up holding
+exactly the records of one uninterrupted run.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,8 +19,16 @@ from typing import IO, Any
 from mmcli.errors import UsageError
 
 Record = dict[str, Any]
-FORMATS = ("table", "jsonl", "json", "csv", "npy")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".npy": "npy"}
+FORMATS = ("table", "jsonl", "json", "csv", "npy", "parquet")
+EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".npy": "npy",
+    ".parquet": "parquet",
+}
+FILE_ONLY = ("npy", "parquet")  # a matrix or a columnar file is not for a terminal
 
 
 def dumps(record: Any) -> str:
@@ -40,24 +52,42 @@ def choose_format(fmt: str | None, output: str | None, allowed: Sequence[str]) -
 
 
 class Writer:
-    """Base writer: ``write`` records, ``flush`` after each batch, ``close`` at the end."""
+    """Base writer: ``write`` records, ``flush`` after each batch, ``close`` at the end.
+
+    ``keyed`` writers (files) resume: ``done`` holds the keys of the good records already in the output,
+    ``keep(key)`` keeps one of them, and ``close(complete=True)`` leaves exactly the records written or
+    kept in this run, in that order. ``close(complete=False)`` (an interrupted run) drops nothing.
+    """
+
+    keyed = False
 
     def __init__(self, stream: IO[bytes]):
         self.stream = stream
+        self.done: set[str] = set()
 
     def write(self, record: Record) -> None:
         raise NotImplementedError
 
+    def keep(self, key: str) -> None:
+        """Nothing to keep on a stream: only keyed writers have earlier records."""
+
     def flush(self) -> None:
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         self.flush()
+
+
+def _public(record: Record) -> Record:
+    """Records on stdout carry no resume key."""
+    if "key" not in record:
+        return record
+    return {k: v for k, v in record.items() if k != "key"}
 
 
 class JsonlWriter(Writer):
     def write(self, record: Record) -> None:
-        self.stream.write(_encode(dumps(record)) + b"\n")
+        self.stream.write(_encode(dumps(_public(record))) + b"\n")
 
 
 class JsonWriter(Writer):
@@ -69,12 +99,27 @@ class JsonWriter(Writer):
         self.stream.write(b"[")
 
     def write(self, record: Record) -> None:
-        self.stream.write((b",\n" if self.count else b"\n") + _encode(dumps(record)))
+        self.stream.write((b",\n" if self.count else b"\n") + _encode(dumps(_public(record))))
         self.count += 1
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         self.stream.write(b"\n]\n" if self.count else b"]\n")
         self.flush()
+
+
+def csv_row(columns: Sequence[str], record: Record) -> list[Any]:
+    """Fixed columns per task; nested values (score tables, vectors) as JSON text."""
+    row = []
+    for col in columns:
+        value = record.get(col, "")
+        row.append(dumps(value) if isinstance(value, dict | list) else value)
+    return row
+
+
+def csv_line(row: Sequence[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return _encode(buffer.getvalue())
 
 
 class CsvWriter(Writer):
@@ -83,22 +128,10 @@ class CsvWriter(Writer):
     def __init__(self, stream: IO[bytes], columns: Sequence[str]):
         super().__init__(stream)
         self.columns = list(columns)
-        self.buffer = io.StringIO()
-        self.csv = csv.writer(self.buffer, lineterminator="\n")
-        self._emit(self.columns)
-
-    def _emit(self, row: list[Any]) -> None:
-        self.csv.writerow(row)
-        self.stream.write(_encode(self.buffer.getvalue()))
-        self.buffer.seek(0)
-        self.buffer.truncate()
+        self.stream.write(csv_line(self.columns))
 
     def write(self, record: Record) -> None:
-        row = []
-        for col in self.columns:
-            value = record.get(col, "")
-            row.append(dumps(value) if isinstance(value, dict | list) else value)
-        self._emit(row)
+        self.stream.write(csv_line(csv_row(self.columns, record)))
 
 
 class TableWriter(Writer):
@@ -113,7 +146,7 @@ class TableWriter(Writer):
     def write(self, record: Record) -> None:
         self.rows.append(record)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
@@ -148,60 +181,46 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-class NpyWriter(Writer):
-    """Embeddings as one float32 .npy matrix plus FILE.ids.jsonl naming each row (same order)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.ids_path = ids_path_for(path)
-        super().__init__(open(self.ids_path, "wb"))  # noqa: SIM115 - closed in close()
-        self.vectors: list[Any] = []
-
-    def write(self, record: Record) -> None:
-        if "embedding" not in record:
-            return  # error records go to stderr only: a matrix has no row for them
-        self.vectors.append(record["embedding"])
-        ident = {k: v for k, v in record.items() if k != "embedding"}
-        self.stream.write(_encode(dumps(ident)) + b"\n")
-
-    def close(self) -> None:
-        import numpy as np
-
-        matrix = np.asarray(self.vectors, dtype=np.float32)
-        if matrix.ndim == 1:
-            matrix = matrix.reshape(0, 0)
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, matrix)
-        os.replace(tmp, self.path)
-        self.stream.close()
-
-
 def ids_path_for(npy_path: str) -> str:
     base = npy_path[:-4] if npy_path.lower().endswith(".npy") else npy_path
     return base + ".ids.jsonl"
 
 
-def open_writer(fmt: str, output: str | None, columns: Sequence[str]) -> Writer:
-    if fmt == "npy":
-        if not output:
-            raise UsageError("--format npy needs --output FILE.npy (a matrix is not for a terminal)")
-        return NpyWriter(output)
-    stream: IO[bytes]
-    if output and output != "-":
-        parent = Path(output).parent
-        if not parent.exists():
-            raise UsageError(f"--output {output}: the directory {parent} does not exist")
-        stream = open(output, "wb")  # noqa: SIM115 - closed by the caller through Writer.close
-    else:
+def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwrite: bool = False) -> Writer:
+    """A writer for ``fmt``: to stdout when ``output`` is None or "-", else a keyed, resumable file writer
+    (``overwrite`` starts the file afresh instead)."""
+    to_file = bool(output) and output != "-"
+    if fmt in FILE_ONLY and not to_file:
+        raise UsageError(f"--format {fmt} needs --output FILE.{fmt} (a {fmt} file is not for a terminal)")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "--format parquet needs pyarrow", "install it with: pip install 'mmcli[parquet]'"
+            ) from None
+    if not to_file:
         stream = sys.stdout.buffer
-    if fmt == "jsonl":
-        return JsonlWriter(stream)
-    if fmt == "json":
-        return JsonWriter(stream)
-    if fmt == "csv":
-        return CsvWriter(stream, columns)
-    return TableWriter(stream, columns, to_terminal=stream is sys.stdout.buffer and sys.stdout.isatty())
+        if fmt == "jsonl":
+            return JsonlWriter(stream)
+        if fmt == "json":
+            return JsonWriter(stream)
+        if fmt == "csv":
+            return CsvWriter(stream, columns)
+        return TableWriter(stream, columns, to_terminal=sys.stdout.isatty())
+    assert output is not None
+    path = Path(output)
+    if not path.parent.exists():
+        raise UsageError(f"--output {output}: the directory {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--output {output} is a directory; name a file")
+    if fmt == "table":
+        return TableWriter(open(output, "wb"), columns, to_terminal=False)
+    from mmcli import resume
+
+    if overwrite:
+        resume.remove_outputs(output, fmt)
+    return resume.open_file_writer(fmt, output, columns)
 
 
 class Reporter:
