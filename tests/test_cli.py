@@ -247,11 +247,22 @@ def _imported_modules(*args: str, env: dict[str, str] | None = None) -> set[str]
     }
 
 
-@pytest.mark.parametrize("args", [["--help"], ["classify", "--help"], ["embed", "--help"], ["models"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["classify", "--help"],
+        ["embed", "--help"],
+        ["models"],
+        ["doctor", "--help"],
+        ["pull", "--help"],
+    ],
+)
 def test_help_imports_neither_torch_nor_transformers(args):
     modules = _imported_modules(*args)
     assert "mmcli.cli" in modules  # the probe itself works
     assert "torch" not in modules and "transformers" not in modules
+    assert "huggingface_hub" not in modules
 
 
 def test_shell_completion_imports_neither_torch_nor_transformers():

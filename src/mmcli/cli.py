@@ -19,6 +19,7 @@ from mmcli.commands.compare import compare
 from mmcli.commands.doctor import doctor
 from mmcli.commands.embed import embed
 from mmcli.commands.models import models
+from mmcli.commands.pull import pull
 from mmcli.commands.vqa import vqa
 from mmcli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, MmcliError
 
@@ -55,6 +56,7 @@ app.command("embed")(embed)
 app.command("compare")(compare)
 app.command("models")(models)
 app.command("doctor")(doctor)
+app.command("pull")(pull)
 
 
 def main(argv: list[str] | None = None) -> None:
