@@ -426,11 +426,22 @@ def _merge(a: str | None, b: str) -> str:
     return "text"  # mixed: strings as themselves, the rest as JSON text
 
 
+def _utf8(text: str) -> str:
+    """Parquet strings are UTF-8: odd bytes in file names become \\udcXX text, as in CSV."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _column(kind: str | None, values: list[Any]) -> list[Any]:
     if kind == "json":
-        return [None if v is None else dumps(v) for v in values]
+        return [None if v is None else _utf8(dumps(v)) for v in values]
     if kind == "text":
-        return [v if v is None or isinstance(v, str) else dumps(v) for v in values]
+        return [v if v is None else _utf8(v if isinstance(v, str) else dumps(v)) for v in values]
+    if kind == "str":
+        return [v if v is None else _utf8(v) for v in values]
     return values
 
 
