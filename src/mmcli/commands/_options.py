@@ -115,8 +115,8 @@ Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        min=1,
-        help="Image decoding threads \\[default: from the CPU count].",
+        min=0,
+        help="Image decoding threads; 0 decodes in the main thread, no prefetch \\[default: from the CPU count].",
         rich_help_panel=COMMON,
     ),
 ]
@@ -267,7 +267,7 @@ def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
             from typer._click.globals import get_current_context
         except ImportError:  # pragma: no cover - older typer with the click package
             from click.core import ParameterSource  # type: ignore[assignment]
-            from click.globals import get_current_context  # type: ignore[assignment]
+            from click.globals import get_current_context  # type: ignore[no-redef]
 
         values = {name: kwargs.pop(name) for name in names}
         # The user config fills the options left at their defaults; options given on the command line win.

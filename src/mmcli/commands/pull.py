@@ -207,7 +207,7 @@ def _explain(exc: BaseException, repo_id: str, revision: str | None) -> MmcliErr
 def _silent_tqdm() -> type:
     from tqdm.auto import tqdm
 
-    class Silent(tqdm):  # type: ignore[misc,type-arg]
+    class Silent(tqdm):
         def __init__(self, *args: Any, **kwargs: Any):
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
