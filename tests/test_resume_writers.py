@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -325,21 +326,21 @@ def test_matrix_and_columnar_formats_need_a_file(file_fmt):
 
 
 # -- a real kill -9 ---------------------------------------------------------------------------------
-KILL_RECORDS, KILL_DIM, KILL_BATCH = 160, 1024, 8
+# Records of about 1.4 KB, 8 to a batch: the file object's 8 KiB buffer spills mid-batch, so the kill
+# (which lands mid-batch) leaves records past the last flush in the file, and loses others.
+KILL_RECORDS, KILL_DIM, KILL_BATCH = 240, 64, 8
 
 
 def child_main() -> None:
-    """Run in a subprocess: write like the pipeline, say after each batch, until killed."""
-    import time
-
+    """Run in a subprocess: write like the pipeline (a flush per batch), say how far it got, until killed."""
     fmt, path = sys.argv[1], sys.argv[2]
     writer = open_writer(fmt, path, COLUMNS)
     for j, record in enumerate(make(KILL_RECORDS, dim=KILL_DIM), 1):
         writer.write(record)
+        time.sleep(0.002)  # model time: the kill lands anywhere in a batch
         if j % KILL_BATCH == 0:
             writer.flush()
             print(j, flush=True)
-            time.sleep(0.01)
     writer.close()
 
 
@@ -352,6 +353,7 @@ def test_kill_9_mid_run_then_resume(fmt, tmp_path):
     assert child.stdout is not None
     for line in child.stdout:
         if int(line) >= 5 * KILL_BATCH:
+            time.sleep(0.011)  # into the next batch
             os.kill(child.pid, signal.SIGKILL)
             break
     child.wait(30)

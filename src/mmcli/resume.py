@@ -240,13 +240,14 @@ def replacing(path: str) -> Iterator[str]:
     _fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
-# -- jsonl and csv: appended in place ---------------------------------------------------------------
-class AppendWriter(Writer):
+class LogWriter(Writer):
+    """A keyed writer whose records go to a KeyedLog first."""
+
     keyed = True
 
-    def __init__(self, path: str, codec: Codec):
-        self.log = KeyedLog(path, codec)
-        self.done = self.log.done
+    def __init__(self, log: KeyedLog):
+        self.log = log
+        self.done = log.done
         self.closed = False
 
     def write(self, record: Record) -> None:
@@ -257,6 +258,12 @@ class AppendWriter(Writer):
 
     def flush(self) -> None:
         self.log.flush()
+
+
+# -- jsonl and csv: appended in place ---------------------------------------------------------------
+class AppendWriter(LogWriter):
+    def __init__(self, path: str, codec: Codec):
+        super().__init__(KeyedLog(path, codec))
 
     def close(self, complete: bool = True) -> None:
         if self.closed:
@@ -276,9 +283,7 @@ class AppendWriter(Writer):
 
 
 # -- json, npy and parquet: a journal, converted at the end ------------------------------------------
-class JournalWriter(Writer):
-    keyed = True
-
+class JournalWriter(LogWriter):
     def __init__(self, fmt: str, path: str, columns: Sequence[str]):
         self.fmt, self.path, self.columns = fmt, path, list(columns)
         journal = journal_path_for(path)
@@ -287,18 +292,7 @@ class JournalWriter(Writer):
             with replacing(journal) as tmp, open(tmp, "wb") as out:
                 for record in READERS[fmt](path):
                     out.write(_encode(dumps(record)) + b"\n")
-        self.log = KeyedLog(journal, JsonlCodec())
-        self.done = self.log.done
-        self.closed = False
-
-    def write(self, record: Record) -> None:
-        self.log.write(record)
-
-    def keep(self, key: str) -> None:
-        self.log.keep(key)
-
-    def flush(self) -> None:
-        self.log.flush()
+        super().__init__(KeyedLog(journal, JsonlCodec()))
 
     def close(self, complete: bool = True) -> None:
         if self.closed:
