@@ -61,6 +61,7 @@ def test_values_are_read_and_checked(config):
         ("[defaults]\nbatch_size = 0\n", ["batch_size", ">= 1"]),
         ("[defaults]\nbatch_size = '8'\n", ["batch_size", "integer"]),
         ("[defaults]\nworkers = true\n", ["workers", "integer"]),
+        ("[defaults]\nworkers = -1\n", ["workers", ">= 0"]),
         ("[defaults]\nformat = 'xml'\n", ["format", "jsonl"]),
         ("[defaults]\ndtype = 'fp8'\n", ["dtype", "bf16"]),
         ("[defaults]\ndevice = 'tpu'\n", ["device", "cuda:N"]),

@@ -45,6 +45,12 @@ def _positive_int(value: Any) -> str | None:
     return None if value >= 1 else "an integer >= 1"
 
 
+def _non_negative_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return "an integer"
+    return None if value >= 0 else "an integer >= 0"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -79,7 +85,7 @@ DEFAULT_KEYS: dict[str, Callable[[Any], str | None]] = {
     "dtype": _dtype,
     "batch_size": _positive_int,
     "format": _format,
-    "workers": _positive_int,
+    "workers": _non_negative_int,  # 0: decode in the main thread (as --workers 0)
     "cache_dir": _string,
     "no_cache": _boolean,
     "max_errors": _positive_int,
