@@ -95,3 +95,25 @@ def test_sizes(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "a")  # the hub cache's snapshots link to blobs
     assert directory_size(tmp_path) == 15
     assert human_size(15) == "15 B" and human_size(2_500_000) == "2.5 MB" and human_size(None) == "-"
+
+
+def test_cuda_devices_with_name_memory_and_dtypes(monkeypatch):
+    """No GPU here: torch.cuda is stubbed to show how each CUDA device is reported."""
+    import types
+
+    import torch
+
+    from mmcli.commands.doctor import devices
+
+    props = [
+        types.SimpleNamespace(name="Tesla T4", total_memory=16 * 10**9),
+        types.SimpleNamespace(name="NVIDIA H100", total_memory=80 * 10**9),
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: [(7, 5), (9, 0)][i])
+    found = {d["device"]: d for d in devices()}
+    assert found["cuda:0"]["name"] == "Tesla T4" and found["cuda:0"]["dtypes"] == ["fp32", "fp16"]
+    assert found["cuda:1"]["memory_bytes"] == 80 * 10**9
+    assert found["cuda:1"]["dtypes"] == ["fp32", "fp16", "bf16"]  # bf16 from compute capability 8.0
