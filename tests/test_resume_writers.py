@@ -292,6 +292,27 @@ def test_parquet_columns_and_types(tmp_path):
     assert rows[1]["input"] == "caf\\udce9.jpg"  # odd bytes as text, as in CSV
 
 
+def test_parquet_lists_of_strings_and_empty_lists(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out.parquet"
+    records = [
+        {"input": "a.jpg", "labels": [], "key": "a"},
+        {"input": "b.jpg", "labels": ["cat", "dog"], "key": "b"},
+        {"input": "c.jpg", "error": "bad", "key": "c"},
+    ]
+    run("parquet", out, records)
+    table = pq.read_table(out)
+    assert table.schema.field("labels").type == pa.list_(pa.string())
+    assert table.column("labels").to_pylist() == [[], ["cat", "dog"], None]
+    writer = open_writer("parquet", str(out), COLUMNS)  # read back to resume
+    assert writer.done == {"a", "b"}
+    play(writer, records)
+    writer.close()
+    assert pq.read_table(out).equals(table)
+
+
 def test_parquet_is_written_in_row_groups(tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -407,14 +407,21 @@ def _kind(value: Any) -> str:
         return "float"
     if isinstance(value, str):
         return "str"
-    if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        return "vector"
+    if isinstance(value, list):
+        if not value:
+            return "list"  # fits a vector or a list of strings
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return "vector"
+        if all(isinstance(v, str) for v in value):
+            return "strings"
     return "json"
 
 
 def _merge(a: str | None, b: str) -> str:
-    if a is None or a == b:
+    if a is None or a == b or (a == "list" and b in ("vector", "strings")):
         return b
+    if b == "list" and a in ("vector", "strings"):
+        return a
     if {a, b} == {"int", "float"}:
         return "float"
     return "text"  # mixed: strings as themselves, the rest as JSON text
@@ -436,11 +443,14 @@ def _column(kind: str | None, values: list[Any]) -> list[Any]:
         return [v if v is None else _utf8(v if isinstance(v, str) else dumps(v)) for v in values]
     if kind == "str":
         return [v if v is None else _utf8(v) for v in values]
+    if kind == "strings":
+        return [v if v is None else [_utf8(x) for x in v] for v in values]
     return values
 
 
 def _write_parquet(path: str, records: RecordSource, columns: Sequence[str], lines: LineSource) -> None:
-    """Columns from the records: vectors as list<float32>, dicts as JSON text; ROW_GROUP rows a group."""
+    """Columns from the records: vectors as list<float32>, lists of strings as list<string>, dicts as
+    JSON text (as in CSV), the rest as themselves; ROW_GROUP records to a row group."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -453,7 +463,14 @@ def _write_parquet(path: str, records: RecordSource, columns: Sequence[str], lin
                 kinds.setdefault(name, None)
     if "key" in kinds:
         kinds["key"] = kinds.pop("key")  # last, as in CSV
-    types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "vector": pa.list_(pa.float32())}
+    types = {
+        "bool": pa.bool_(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "vector": pa.list_(pa.float32()),
+        "strings": pa.list_(pa.string()),
+        "list": pa.list_(pa.string()),
+    }
     fields = [
         pa.field(
             name, types.get(kind or "", pa.string()), metadata={b"mmcli": b"json"} if kind == "json" else None
