@@ -394,7 +394,7 @@ def _read_npy(path: str) -> Iterator[Record]:
     if len(ids) != rows:
         raise _unreadable(path, f"{rows} rows but {len(ids)} ids")
     for i, ident in enumerate(ids):
-        yield {**ident, "embedding": [float(v) for v in matrix[i]]}
+        yield {**ident, "embedding": matrix[i].tolist()}
 
 
 # -- parquet ----------------------------------------------------------------------------------------
