@@ -23,6 +23,15 @@ os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own embedding cache and no user config file, so no test sees another's."""
+    monkeypatch.setenv("MMCLI_CACHE_DIR", str(tmp_path_factory.mktemp("mmcli-cache")))
+    config = tmp_path_factory.mktemp("mmcli-config") / "config.toml"
+    config.write_text("# empty: the built-in defaults\n")
+    monkeypatch.setenv("MMCLI_CONFIG", str(config))
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmcli.testing import build_clip

@@ -9,7 +9,17 @@ import torch
 def test_out_of_memory_halves_the_batch_and_gives_the_same_records(cli, tiny_clip, image_dir, monkeypatch):
     from mmcli.backends.clip import ClipBackend
 
-    args = ["classify", image_dir, "--labels", "cat,dog", "--model", tiny_clip, "--batch-size", "5"]
+    args = [
+        "classify",
+        image_dir,
+        "--labels",
+        "cat,dog",
+        "--model",
+        tiny_clip,
+        "--batch-size",
+        "5",
+        "--no-cache",
+    ]
     expected = cli(*args).jsonl()
     sizes: list[int] = []
     original = ClipBackend.encode_images

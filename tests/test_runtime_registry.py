@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,11 @@ def test_every_alias_names_a_known_family_and_a_template_with_a_placeholder():
         registry.family_entry(entry["family"])
         if "template" in entry:
             assert "{}" in entry["template"], alias
+
+
+def test_bundled_model_alias_resolves_from_any_directory(tmp_path, monkeypatch) -> None:
+    from mmcli import registry
+
+    monkeypatch.chdir(tmp_path)
+    spec = registry.resolve("shapes-clip")
+    assert Path(spec.checkpoint).is_absolute() and Path(spec.checkpoint, "config.json").is_file()

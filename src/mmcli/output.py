@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -221,31 +220,3 @@ def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwri
     if overwrite:
         resume.remove_outputs(output, fmt)
     return resume.open_file_writer(fmt, output, columns)
-
-
-class Reporter:
-    """Warnings and the run summary, on stderr only. Counts what was done and what failed."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.done = 0
-        self.failed = 0
-        self.started = time.perf_counter()
-
-    def warn(self, message: str) -> None:
-        if not self.quiet:
-            sys.stderr.write(f"mmcli: {message}\n")
-            sys.stderr.flush()
-
-    def input_failed(self, name: str, error: str) -> None:
-        self.failed += 1
-        self.warn(f"skipping {name}: {error}")
-
-    def summary(self, task: str, device: str, dtype: str) -> None:
-        elapsed = time.perf_counter() - self.started
-        total = self.done + self.failed
-        rate = total / elapsed if elapsed > 0 else 0.0
-        failed = f", {self.failed} failed" if self.failed else ""
-        self.warn(
-            f"{task}: {self.done} done{failed} in {elapsed:.1f} s ({rate:.1f} items/s) on {device}, {dtype}"
-        )

@@ -1,32 +1,43 @@
-"""The run shared by every task: resolve the model, expand inputs, decode in threads, batch, write.
+"""The run shared by every task: resolve the model, expand inputs, skip finished work, decode in threads,
+look up cached embeddings, batch, write, report.
 
-inputs -> loader (decode + preprocess, worker threads, a batch or two ahead) -> backend -> task -> writer.
-An input that fails anywhere becomes an error record and the run goes on.
+inputs -> resume check -> loader (read + cache lookup + decode + preprocess, worker threads, a batch or two
+ahead) -> backend -> task -> writer. An input that fails anywhere becomes an error record and the run goes on.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmcli import registry
 from mmcli.errors import EXIT_OK, EXIT_PARTIAL, MmcliError, UsageError
-from mmcli.output import Record, Reporter, Writer, choose_format, open_writer
+from mmcli.output import Record, Writer, choose_format, open_writer
+from mmcli.progress import Reporter
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
+    from mmcli.cache import EmbeddingCache
     from mmcli.inputs import Item
+    from mmcli.registry import ModelSpec
     from mmcli.runtime import Runtime
 
 
 # Pillow's own hard limit (about 13,400 x 13,400 pixels); --max-pixels raises or lowers it.
 DEFAULT_MAX_PIXELS = 178_956_970
+EXIT_SIGTERM = 143
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 @dataclass
@@ -63,7 +74,7 @@ class CommonOptions:
 
 
 class StopRun(Exception):
-    """--strict: stop after the first failed input (its record is written first)."""
+    """--strict / --max-errors: stop after the failed input whose record was just written."""
 
 
 def batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -74,37 +85,84 @@ def batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 @dataclass
 class Outcome:
-    """One image's result (an embedding row, a caption, ...) or the reason it failed."""
+    """One input on its way through the run: its resume keys (one per record), then its result (an
+    embedding row, a caption, ...) or the reason it failed."""
 
     item: Item
+    keys: list[str] = field(default_factory=list)
     value: Any = None
     error: str | None = None
+    digest: str | None = None  # content hash, when the embedding cache is in use
+    cached: bool = False
+
+
+class Task:
+    """What one subcommand computes. Plain data (labels, prompts, options), so the Ray engine can ship it
+    to its workers; the model is passed in, never stored here."""
+
+    name: ClassVar[str]
+    columns: ClassVar[list[str]]
+    table_columns: ClassVar[list[str]]
+    formats: ClassVar[tuple[str, ...]] = ("table", "jsonl", "json", "csv", "parquet")
+    embeds_images: ClassVar[bool] = False  # values are image embeddings: the cache applies
+    needs: frozenset[str] = frozenset()
+    model: str = ""  # the label records carry, set by Job
+
+    def options_key(self) -> dict[str, Any]:
+        """The options that change this task's records: part of every resume key."""
+        return {}
+
+    def parts(self) -> list[str]:
+        """One name per record an input yields (vqa: its questions)."""
+        return [""]
+
+    def prepare(self, backend: Backend) -> None:
+        """Once per process, after the model loaded (encode the labels, ...)."""
+
+    def compute(self, backend: Backend, batch: Batch, n: int) -> Sequence[Any]:
+        """One value per image of a collated batch (unless ``embeds_images``)."""
+        raise NotImplementedError
+
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        """For each successful outcome, its records: one per part, in ``parts()`` order."""
+        raise NotImplementedError
+
+    def leading(self, backend: Backend) -> list[Record]:
+        """Records that belong to no image (embed --text), written first."""
+        return []
+
+
+def error_record(item: Item, error: str) -> Record:
+    return {"input": item.input, "error": error}
 
 
 class Job:
     """One run of one task. Everything cheap (model name, capabilities, output format) is checked in
     the constructor, before any weights load, so mistakes fail at once."""
 
-    def __init__(
-        self,
-        task: str,
-        options: CommonOptions,
-        needs: set[str] | None,
-        columns: Sequence[str],
-        formats: Sequence[str] = ("table", "jsonl", "json", "csv"),
-    ):
+    def __init__(self, task: Task, options: CommonOptions, spec: ModelSpec | None = None):
         self.task = task
         self.options = options
         if options.batch_size is not None and options.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
-        self.spec = registry.resolve(options.model or registry.default_model(task), options.revision)
-        if needs is not None:
-            registry.require(self.spec, needs, task)
-        self.format = choose_format(options.format, options.output, formats)
-        self.columns = columns
+        if options.engine not in ("local", "ray"):
+            raise UsageError(f"--engine {options.engine}: choose local or ray")
+        self.spec = spec or registry.resolve(
+            options.model or registry.default_model(task.name), options.revision
+        )
+        if task.needs:
+            registry.require(self.spec, set(task.needs), task.name)
+        task.model = self.spec.label
+        self.format = choose_format(options.format, options.output, task.formats)
+        self.columns = task.table_columns if self.format == "table" else task.columns
         self.reporter = Reporter(options.quiet)
         self._writer: Writer | None = None
+        self.cache: EmbeddingCache | None = None
         self.forward_limit = 1 << 30  # lowered after an out-of-memory error
+        self.stop_signal: str | None = None
+        self.stop_reason: str | None = None
+        self.wait_s = 0.0  # time the model waited for decoded images
+        self.compute_s = 0.0
         self.backend: Backend
         self.runtime: Runtime
 
@@ -126,7 +184,24 @@ class Job:
             quantize=self.options.quantize,
         )
         self.backend = registry.create_backend(self.spec, self.runtime, opts)
+        if self.task.embeds_images and not self.options.no_cache:
+            self.cache = self._open_cache()
         return self.backend
+
+    def _open_cache(self) -> EmbeddingCache:
+        from mmcli import paths
+        from mmcli.cache import EmbeddingCache
+
+        namespace = json.dumps(
+            [
+                self.spec.checkpoint,
+                self.spec.revision,
+                weights_stamp(self.spec.checkpoint) if self.spec.is_local else None,
+                self.runtime.device.type,
+                self.runtime.dtype_name,
+            ]
+        )
+        return EmbeddingCache(paths.cache_dir(self.options.cache_dir), namespace, warn=self.reporter.warn)
 
     @property
     def batch_size(self) -> int:
@@ -136,100 +211,300 @@ class Job:
 
     @property
     def workers(self) -> int:
-        return self.options.workers or min(8, max(2, os.cpu_count() or 2))
+        """Decoding threads; 0 decodes in the main thread, with no prefetch."""
+        if self.options.workers is not None:
+            return self.options.workers
+        return min(8, max(2, os.cpu_count() or 2))
 
     @property
     def writer(self) -> Writer:
         if self._writer is None:
-            self._writer = open_writer(self.format, self.options.output, self.columns)
+            self._writer = open_writer(
+                self.format, self.options.output, self.columns, overwrite=self.options.overwrite
+            )
         return self._writer
 
     def items(self, inputs: Sequence[str]) -> Iterator[Item]:
-        from mmcli.inputs import expand
+        from mmcli.inputs import expand, expand_manifest
 
         stdin = sys.stdin.buffer if "-" in inputs else None
-        return expand(inputs, stdin, self.options.null)
+        yield from expand(inputs, stdin, self.options.null)
+        if self.options.manifest:
+            yield from expand_manifest(self.options.manifest)
+
+    def count(self, inputs: Sequence[str]) -> Callable[[], int | None]:
+        """How many inputs there are, for the progress bar's total (run in a background thread)."""
+
+        def count() -> int | None:
+            from mmcli.inputs import count_inputs
+
+            if self.options.manifest:
+                return None
+            return count_inputs(inputs)
+
+        return count
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def identity(self) -> str:
+        """What, besides the input itself, decides a record: the model, its revision, the task's options."""
+        return json.dumps(
+            [self.task.name, self.spec.checkpoint, self.spec.revision, self.task.options_key()],
+            sort_keys=True,
+            default=str,
+        )
+
+    def keys_for(self, name: str, identity: str) -> list[str]:
+        """Resume keys of one input's records: (path, size, mtime, model, revision, options, part)."""
+        size = mtime = None
+        if "://" not in name:
+            try:
+                st = os.stat(name)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+        base = f"{identity}\0{name}\0{size}\0{mtime}"
+        return [record_key(f"{base}\0{part}") for part in self.task.parts()]
+
+    def pending(self, items: Iterable[Item]) -> Iterator[Outcome]:
+        """The inputs still to do: those whose records are all in --output already are skipped."""
+        writer = self.writer
+        if not writer.keyed:
+            for item in items:
+                yield Outcome(item)
+            return
+        identity = self.identity()
+        done = writer.done
+        for item in items:
+            keys = self.keys_for(item.input, identity)
+            if item.error is None and all(k in done for k in keys):
+                for k in keys:
+                    writer.keep(k)
+                self.reporter.input_skipped()
+                continue
+            yield Outcome(item, keys)
 
     # -- records ------------------------------------------------------------------------------------
     def emit(self, record: Record) -> None:
+        """Write one record that belongs to no input's accounting (compare's rankings, embed --text)."""
         self.writer.write(record)
-        if "error" in record:
-            self.reporter.input_failed(str(record.get("input")), str(record["error"]))
-            if self.options.strict:
-                raise StopRun
-        else:
-            self.reporter.done += 1
+        self.reporter.records += 1
 
-    def finish(self) -> int:
-        writer = self._writer if self._writer is not None else self.writer
-        writer.close()
-        if hasattr(self, "runtime"):
-            self.reporter.summary(self.task, self.runtime.device_name, self.runtime.dtype_name)
-        return EXIT_PARTIAL if self.reporter.failed else EXIT_OK
+    def emit_outcome(self, out: Outcome, records: list[Record]) -> None:
+        """Write an input's records (those not already in --output) and count the input once."""
+        writer = self.writer
+        failed = next((r for r in records if "error" in r), None)
+        for i, record in enumerate(records):
+            key = out.keys[i] if i < len(out.keys) else (out.keys[0] if out.keys else None)
+            if key is not None:
+                if key in writer.done and "error" not in record:
+                    writer.keep(key)
+                    continue
+                record["key"] = key
+            writer.write(record)
+            self.reporter.records += 1
+        if failed is None:
+            self.reporter.input_done()
+            return
+        self.reporter.input_failed(str(out.item.input), str(failed["error"]))
+        if self.options.strict:
+            self.stop_reason = "--strict: the first failed input"
+            raise StopRun
+        if self.options.max_errors is not None and self.reporter.failed >= self.options.max_errors:
+            self.stop_reason = f"--max-errors {self.options.max_errors}"
+            raise StopRun
 
-    def run(self, body: Callable[[], None]) -> int:
-        """Run ``body`` (which emits records); always close the writer and report."""
+    def execute(self, inputs: Sequence[str]) -> int:
+        """The whole run of a per-image task: load, skip finished work, compute, write, report."""
+        if self.options.engine == "ray":
+            from mmcli.engines.ray import run as run_on_ray
+
+            return run_on_ray(self, inputs)
+        task = self.task
+        backend = self.load()
+        task.prepare(backend)
+
+        def body() -> None:
+            self._leading(backend)
+            work = self.pending(self.items(inputs))
+            if task.embeds_images:
+                stream = self.encode_images(work)
+            else:
+                stream = self.forward(work, lambda batch, n: task.compute(backend, batch, n))
+            for batch in stream:
+                good = [out for out in batch if out.error is None]
+                produced = iter(task.records(good) if good else [])
+                for out in batch:
+                    if out.error is not None:
+                        self.emit_outcome(out, [error_record(out.item, out.error)])
+                    else:
+                        self.emit_outcome(out, next(produced))
+                self.writer.flush()
+                if self.stop_signal:
+                    break
+
+        return self.run(body, inputs)
+
+    def _leading(self, backend: Backend) -> None:
+        records = self.task.leading(backend)
+        if not records:
+            return
+        writer, identity = self.writer, self.identity()
+        for record in records:
+            if writer.keyed:
+                key = record_key(f"{identity}\0text\0{record.get('text')}")
+                if key in writer.done:
+                    writer.keep(key)
+                    continue
+                record["key"] = key
+            self.emit(record)
+        writer.flush()
+
+    def run(self, body: Callable[[], None], inputs: Sequence[str] = ()) -> int:
+        """Run ``body`` (which writes records) under the stop signals; always close the writer and report."""
+        self.reporter.start(self.task.name, self.count(inputs) if inputs else None)
+        previous = self._install_signal_handlers()
         try:
             body()
         except StopRun:
-            self.reporter.warn("stopping at the first failed input (--strict)")
+            self.reporter.warn(f"stopping early ({self.stop_reason})")
         except KeyboardInterrupt:
+            self.stop_signal = self.stop_signal or "SIGINT"
             self.reporter.warn("interrupted; records written so far are kept")
-            self.finish()
-            return 130
+        finally:
+            self._restore_signal_handlers(previous)
         return self.finish()
 
-    # -- images ------------------------------------------------------------------------------------
-    def _decode(self, path: str) -> Batch:
-        from mmcli.inputs import load_image
+    def finish(self) -> int:
+        complete = self.stop_signal is None and self.stop_reason is None
+        writer = self._writer if self._writer is not None else self.writer
+        writer.close(complete=complete)
+        if self.cache is not None:
+            self.cache.close()
+        if self.stop_signal == "SIGTERM":
+            status = EXIT_SIGTERM
+        elif self.stop_signal:
+            status = 130
+        else:
+            status = EXIT_PARTIAL if self.reporter.failed else EXIT_OK
+        runtime = getattr(self, "runtime", None)
+        summary = self.reporter.summary(
+            task=self.task.name,
+            model=self.spec.label,
+            device=runtime.device_name if runtime else "-",
+            dtype=runtime.dtype_name if runtime else "-",
+            exit_status=status,
+            stopped=self.stop_signal or self.stop_reason,
+            output=self.options.output,
+            cache_hits=self.cache.hits if self.cache else 0,
+            cache_misses=self.cache.misses if self.cache else 0,
+            data_wait_s=round(self.wait_s, 3),
+            compute_s=round(self.compute_s, 3),
+        )
+        if self.options.summary_json:
+            try:
+                with open(self.options.summary_json, "w", encoding="utf-8") as f:
+                    f.write(summary.to_json())
+            except OSError as exc:
+                self.reporter.warn(f"cannot write --summary-json {self.options.summary_json}: {exc}")
+        return status
 
-        image = load_image(path, self.options.max_pixels)
+    # -- signals ------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM finish the current batch, write it and stop; a second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for name in STOP_SIGNALS:
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signal_handlers(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.stop_signal = name
+        self.reporter.warn(f"{name}: finishing the current batch, then stopping (Ctrl-C again to stop now)")
+
+    # -- images ------------------------------------------------------------------------------------
+    def _load(self, out: Outcome) -> Batch | None:
+        """Read, look up the cache, decode, preprocess: one input, in a worker thread."""
+        from mmcli.inputs import decode_image, read_bytes
+
+        data = read_bytes(out.item.input)
+        if self.cache is not None:
+            from mmcli.cache import digest_bytes
+
+            out.digest = digest_bytes(data)
+            hit = self.cache.get_many([out.digest]).get(out.digest)
+            if hit is not None:
+                import torch
+
+                out.value, out.cached = torch.from_numpy(hit), True
+                return None
+        image = decode_image(data, self.options.max_pixels)
         return self.backend.preprocess([image])
 
-    def preprocessed(self, items: Iterable[Item]) -> Iterator[list[tuple[Item, Batch | None, str | None]]]:
-        """Batches of (item, preprocessed, error), decoded by worker threads a batch or two ahead."""
+    def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
         from mmcli.errors import InputError
 
+        if out.error is None and out.item.error:
+            out.error = out.item.error
+        if out.error is not None:
+            return out, None
+        try:
+            return out, self._load(out)
+        except InputError as exc:
+            out.error = str(exc)
+        except Exception as exc:  # a preprocessing bug must not sink the batch
+            out.error = f"cannot preprocess: {exc}"
+        return out, None
+
+    def loaded(self, work: Iterable[Outcome]) -> Iterator[list[tuple[Outcome, Batch | None]]]:
+        """Batches of (outcome, preprocessed), decoded by worker threads a batch or two ahead."""
         size = self.batch_size
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="mmcli-load") as pool:
-            pending: deque[list[tuple[Item, Future[Batch] | None]]] = deque()
-
-            def submit(chunk: list[Item]) -> list[tuple[Item, Future[Batch] | None]]:
-                return [(it, None if it.error else pool.submit(self._decode, it.input)) for it in chunk]
-
-            chunks = batched(items, size)
+        chunks = batched(work, size)
+        if self.workers == 0:
+            for chunk in chunks:
+                start = time.perf_counter()
+                loaded = [self._load_safely(out) for out in chunk]
+                self.wait_s += time.perf_counter() - start
+                yield loaded
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmcli-load")
+        try:
+            pending: deque[list[Future[tuple[Outcome, Batch | None]]]] = deque()
             for chunk in islice(chunks, 2):
-                pending.append(submit(chunk))
+                pending.append([pool.submit(self._load_safely, out) for out in chunk])
             while pending:
                 current = pending.popleft()
                 nxt = next(chunks, None)
                 if nxt is not None:
-                    pending.append(submit(nxt))
-                out: list[tuple[Item, Batch | None, str | None]] = []
-                for item, future in current:
-                    if future is None:
-                        out.append((item, None, item.error))
-                        continue
-                    try:
-                        out.append((item, future.result(), None))
-                    except InputError as exc:
-                        out.append((item, None, str(exc)))
-                    except Exception as exc:  # a preprocessing bug must not sink the batch
-                        out.append((item, None, f"cannot preprocess: {exc}"))
-                yield out
+                    pending.append([pool.submit(self._load_safely, out) for out in nxt])
+                start = time.perf_counter()
+                results = [future.result() for future in current]
+                self.wait_s += time.perf_counter() - start
+                yield results
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def forward(
-        self, items: Iterable[Item], fn: Callable[[Batch, int], Sequence[Any]]
+        self, work: Iterable[Outcome], fn: Callable[[Batch, int], Sequence[Any]]
     ) -> Iterator[list[Outcome]]:
         """Batches of outcomes in input order: ``fn(collated, n)`` gives one value per decoded image."""
-        for batch in self.preprocessed(items):
-            results = [Outcome(item, None, err) for item, _, err in batch]
-            good = [(i, data) for i, (_, data, err) in enumerate(batch) if err is None and data is not None]
-            if good:
-                values = self.with_backoff(fn, [data for _, data in good])
-                for (index, _), value in zip(good, values, strict=True):
-                    results[index].value = value
-            yield results
+        for batch in self.loaded(work):
+            todo = [(out, data) for out, data in batch if out.error is None and data is not None]
+            if todo:
+                start = time.perf_counter()
+                values = self.with_backoff(fn, [data for _, data in todo])
+                self.compute_s += time.perf_counter() - start
+                for (out, _), value in zip(todo, values, strict=True):
+                    out.value = value
+            yield [out for out, _ in batch]
 
     def with_backoff(self, fn: Callable[[Batch, int], Sequence[Any]], parts: list[Batch]) -> list[Any]:
         """Run ``fn`` on the collated parts; on out-of-memory halve the batch and retry, then remember
@@ -256,10 +531,33 @@ class Job:
             )
             return self.with_backoff(fn, parts)
 
-    def encode_images(self, items: Iterable[Item]) -> Iterator[list[Outcome]]:
-        """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order."""
-        return self.forward(items, lambda batch, _n: list(self.backend.encode_images(batch)))
+    def encode_images(self, work: Iterable[Outcome]) -> Iterator[list[Outcome]]:
+        """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order; cached
+        embeddings are used as they are and new ones are stored."""
+        for batch in self.forward(work, lambda collated, _n: list(self.backend.encode_images(collated))):
+            if self.cache is not None:
+                fresh = {
+                    out.digest: out.value.numpy()
+                    for out in batch
+                    if out.digest and out.value is not None and not out.cached
+                }
+                if fresh:
+                    self.cache.put_many(fresh)
+            yield batch
 
 
-def error_record(item: Item, error: str) -> Record:
-    return {"input": item.input, "error": error}
+def record_key(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def weights_stamp(directory: str) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of a local checkpoint's weight files: retrained weights miss the cache."""
+    stamp = []
+    try:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and entry.is_file():
+                st = entry.stat()
+                stamp.append((entry.name, st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return stamp

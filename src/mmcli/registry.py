@@ -171,8 +171,9 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
         entry = dict(table[name])
         checkpoint = str(entry.pop("checkpoint"))
         local = Path(checkpoint)
-        if not local.is_absolute() and not _looks_like_hub_id(checkpoint):
-            checkpoint = str((configs_dir().parent / checkpoint).resolve())
+        bundled = configs_dir().parent / checkpoint  # models/shapes-clip: beside configs/, from any directory
+        if not local.is_absolute() and (bundled.is_dir() or not _looks_like_hub_id(checkpoint)):
+            checkpoint = str(bundled.resolve())
         return ModelSpec(
             name=name,
             family=str(entry.pop("family")),

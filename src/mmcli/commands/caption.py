@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from typing import Annotated, Any
@@ -11,7 +12,8 @@ import typer
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
 from mmcli.commands._options import Inputs, with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, error_record
+from mmcli.output import Record
+from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
 
 COLUMNS = ["input", "caption", "model", "prompt", "error"]
 TABLE_COLUMNS = ["input", "caption"]
@@ -64,31 +66,51 @@ def caption(
     """
     if sidecar is not None and (not sidecar.strip(".") or "/" in sidecar):
         raise UsageError(f"--sidecar {sidecar!r} is not a file extension (say txt)")
-    job = Job("caption", common, {"generate"}, COLUMNS)
-    if job.format == "table":
-        job.columns = TABLE_COLUMNS
-    backend = job.load()
     options: Any = generate_options(
         max_new_tokens, num_beams, sample, temperature, top_p, seed, raw_prompts=True
     )
-    shown_prompt = prompt if prompt is not None else backend.default_prompt("caption")
-    model = job.spec.label
+    return Job(Caption(prompt, options, sidecar), common).execute(inputs)
 
-    def body() -> None:
-        for batch in job.forward(job.items(inputs), lambda b, n: backend.generate(b, [prompt] * n, options)):
-            for out in batch:
-                if out.error is not None:
-                    job.emit(error_record(out.item, out.error))
+
+class Caption(Task):
+    name = "caption"
+    columns = COLUMNS
+    table_columns = TABLE_COLUMNS
+    needs = frozenset({"generate"})
+
+    def __init__(self, prompt: str | None, options: Any, sidecar: str | None) -> None:
+        self.prompt = prompt
+        self.options = options
+        self.sidecar = sidecar
+        self.shown_prompt = prompt
+
+    def options_key(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "generate": dataclasses.asdict(self.options), "sidecar": self.sidecar}
+
+    def prepare(self, backend: Any) -> None:
+        if self.prompt is None:
+            self.shown_prompt = backend.default_prompt("caption")
+
+    def compute(self, backend: Any, batch: Any, n: int) -> list[str]:
+        return list(backend.generate(batch, [self.prompt] * n, self.options))
+
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        out: list[list[Record]] = []
+        for o in done:
+            if self.sidecar:
+                try:
+                    write_atomically(sidecar_path(o.item.input, self.sidecar), o.value)
+                except OSError as exc:
+                    out.append([error_record(o.item, f"cannot write the sidecar: {exc.strerror or exc}")])
                     continue
-                if sidecar:
-                    try:
-                        write_atomically(sidecar_path(out.item.input, sidecar), out.value)
-                    except OSError as exc:
-                        job.emit(error_record(out.item, f"cannot write the sidecar: {exc.strerror or exc}"))
-                        continue
-                job.emit(
-                    {"input": out.item.input, "caption": out.value, "model": model, "prompt": shown_prompt}
-                )
-            job.writer.flush()
-
-    return job.run(body)
+            out.append(
+                [
+                    {
+                        "input": o.item.input,
+                        "caption": o.value,
+                        "model": self.model,
+                        "prompt": self.shown_prompt,
+                    }
+                ]
+            )
+        return out

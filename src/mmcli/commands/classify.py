@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mmcli.commands._options import Inputs, TopK, with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, error_record
+from mmcli.output import Record
+from mmcli.pipeline import CommonOptions, Job, Outcome, Task
 
 COLUMNS = ["input", "label", "score", "scores", "labels", "question", "model", "error"]
 TABLE_COLUMNS = ["input", "label", "score", "scores"]
@@ -79,55 +80,127 @@ def classify(
 
     Example: mmcli classify photos/ --labels cat,dog,bird --top-k 2
     """
-    from mmcli import registry, tasks
+    from mmcli import registry
 
     label_list = parse_labels(labels, labels_file)
     if template is not None and ensemble is not None:
         raise UsageError("--template and --ensemble cannot be used together")
-    job = Job("classify", common, None, COLUMNS)
-    if job.format == "table":
-        job.columns = TABLE_COLUMNS
-    contrastive = {"encode_image", "encode_text"} <= job.spec.capabilities
-    if contrastive:
+    spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
+    task: Task
+    if {"encode_image", "encode_text"} <= spec.capabilities:
         if question is not None:
             raise UsageError("--question is for generative models; contrastive models use --template")
+        task = ContrastiveClassify(label_list, template, ensemble, top_k, multi_label, threshold)
     else:
-        registry.require(job.spec, {"score_text"}, "classify")
+        registry.require(spec, {"score_text"}, "classify")
         if template is not None or ensemble is not None:
             raise UsageError("--template and --ensemble are for contrastive models; use --question")
-        return _classify_generative(job, inputs, label_list, question, top_k, multi_label, threshold)
+        task = GenerativeClassify(label_list, question, top_k, multi_label, threshold)
+    return Job(task, common, spec).execute(inputs)
 
-    if ensemble is not None:
-        templates = tasks.ensemble_templates(ensemble)
-    else:
-        templates = [tasks.check_template(template or job.spec.template or "a photo of a {}.")]
 
-    backend = job.load()
-    text_emb = tasks.label_embeddings(backend.encode_texts, label_list, templates)  # once per run
-    scale = backend.logit_scale  # type: ignore[attr-defined]
-    bias = backend.logit_bias  # type: ignore[attr-defined]
-    scoring = backend.scoring  # type: ignore[attr-defined]
-    model = job.spec.label
+class _Classify(Task):
+    name = "classify"
+    columns = COLUMNS
+    table_columns = TABLE_COLUMNS
 
-    def body() -> None:
+    def __init__(self, labels: list[str], top_k: int | None, multi_label: bool, threshold: float) -> None:
+        self.labels = labels
+        self.top_k = top_k
+        self.multi_label = multi_label
+        self.threshold = threshold
+
+    def options_key(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "top_k": self.top_k,
+            "multi_label": self.multi_label,
+            "threshold": self.threshold if self.multi_label else None,
+        }
+
+    def record(self, name: str, probs: list[float], **extra: object) -> Record:
+        return _record(
+            name, probs, self.labels, self.top_k, self.multi_label, self.threshold, self.model, **extra
+        )
+
+
+class ContrastiveClassify(_Classify):
+    """CLIP-like models: label prompts encoded once per run, cosine similarity, softmax (or sigmoid)."""
+
+    embeds_images = True
+    needs = frozenset({"encode_image", "encode_text"})
+
+    def __init__(
+        self,
+        labels: list[str],
+        template: str | None,
+        ensemble: str | None,
+        top_k: int | None,
+        multi_label: bool,
+        threshold: float,
+    ) -> None:
+        super().__init__(labels, top_k, multi_label, threshold)
+        self.template = template
+        self.ensemble = ensemble
+        self.text_emb: Any = None
+        self.scale: Any = None
+        self.bias: Any = None
+        self.scoring = "softmax"
+
+    def options_key(self) -> dict[str, Any]:
+        return super().options_key() | {"template": self.template, "ensemble": self.ensemble}
+
+    def prepare(self, backend: Any) -> None:
+        from mmcli import tasks
+
+        if self.ensemble is not None:
+            templates = tasks.ensemble_templates(self.ensemble)
+        else:
+            templates = [tasks.check_template(self.template or backend.spec.template or "a photo of a {}.")]
+        self.text_emb = tasks.label_embeddings(backend.encode_texts, self.labels, templates)  # once per run
+        self.scale, self.bias, self.scoring = backend.logit_scale, backend.logit_bias, backend.scoring
+
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
         import torch
 
-        for batch in job.encode_images(job.items(inputs)):
-            rows = [enc.value for enc in batch if enc.value is not None]
-            probs = (
-                tasks.label_probabilities(torch.stack(rows), text_emb, scale, bias, scoring).tolist()
-                if rows
-                else []
-            )
-            it = iter(probs)
-            for enc in batch:
-                if enc.value is None:
-                    job.emit(error_record(enc.item, enc.error or "failed"))
-                    continue
-                job.emit(_record(enc.item.input, next(it), label_list, top_k, multi_label, threshold, model))
-            job.writer.flush()
+        from mmcli import tasks
 
-    return job.run(body)
+        rows = torch.stack([out.value for out in done])
+        probs = tasks.label_probabilities(rows, self.text_emb, self.scale, self.bias, self.scoring).tolist()
+        return [[self.record(out.item.input, p)] for out, p in zip(done, probs, strict=True)]
+
+
+class GenerativeClassify(_Classify):
+    """Generative models: length-normalised log-likelihood of each label as the answer, softmax over labels."""
+
+    needs = frozenset({"score_text"})
+
+    def __init__(
+        self,
+        labels: list[str],
+        question: str | None,
+        top_k: int | None,
+        multi_label: bool,
+        threshold: float,
+    ) -> None:
+        super().__init__(labels, top_k, multi_label, threshold)
+        self.question = question
+        self.asked = question or ""
+
+    def options_key(self) -> dict[str, Any]:
+        return super().options_key() | {"question": self.question}
+
+    def prepare(self, backend: Any) -> None:
+        self.asked = self.question if self.question is not None else backend.default_prompt("classify") or ""
+
+    def compute(self, backend: Any, batch: Any, n: int) -> list[list[float]]:
+        import torch
+
+        loglik = backend.score_labels(batch, self.asked, self.labels)
+        return torch.softmax(loglik, dim=-1).tolist()
+
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        return [[self.record(out.item.input, out.value, question=self.asked)] for out in done]
 
 
 def _record(
@@ -152,46 +225,3 @@ def _record(
     if multi_label:
         record["labels"] = [label for label, p in ranked if p >= threshold]
     return record | {"model": model} | extra
-
-
-def _classify_generative(
-    job: Job,
-    inputs: list[str],
-    labels: list[str],
-    question: str | None,
-    top_k: int | None,
-    multi_label: bool,
-    threshold: float,
-) -> int:
-    """Rank labels by the length-normalised log-likelihood of each as the answer; softmax over labels."""
-    import torch
-
-    backend = job.load()
-    asked = question if question is not None else backend.default_prompt("classify") or ""
-    model = job.spec.label
-
-    def scores(batch: object, _n: int) -> list[list[float]]:
-        loglik = backend.score_labels(batch, asked, labels)  # type: ignore[arg-type]
-        return torch.softmax(loglik, dim=-1).tolist()
-
-    def body() -> None:
-        for batch in job.forward(job.items(inputs), scores):
-            for out in batch:
-                if out.error is not None:
-                    job.emit(error_record(out.item, out.error))
-                    continue
-                job.emit(
-                    _record(
-                        out.item.input,
-                        out.value,
-                        labels,
-                        top_k,
-                        multi_label,
-                        threshold,
-                        model,
-                        question=asked,
-                    )
-                )
-            job.writer.flush()
-
-    return job.run(body)

@@ -8,7 +8,7 @@ import typer
 
 from mmcli.commands._options import Inputs, TopK, with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, error_record
+from mmcli.pipeline import CommonOptions, Job, Task, error_record
 
 COLUMNS = ["query", "target", "score", "model", "input", "error"]
 TABLE_COLUMNS = ["query", "target", "score"]
@@ -50,24 +50,24 @@ def compare(
 
     if bool(text) == bool(against):
         raise UsageError("give either --text (search images by text) or --against (find look-alikes)")
-    needs = {"encode_image"} | ({"encode_text"} if text else set())
-    job = Job("compare", common, needs, COLUMNS)
-    if job.format == "table":
-        job.columns = TABLE_COLUMNS
+    common.overwrite = True  # rankings need every input: compare always writes its output afresh
+    job = Job(CompareTask(bool(text)), common)
     backend = job.load()
-    model = job.spec.label
 
     def encode_all(sources: list[str]) -> tuple[list[str], torch.Tensor | None]:
         names: list[str] = []
         rows: list[torch.Tensor] = []
-        for batch in job.encode_images(job.items(sources)):
-            for enc in batch:
-                if enc.value is None:
-                    job.emit(error_record(enc.item, enc.error or "failed"))
+        for batch in job.encode_images(job.pending(job.items(sources))):
+            for out in batch:
+                if out.error is not None:
+                    job.emit_outcome(out, [error_record(out.item, out.error)])
                 else:
-                    names.append(enc.item.input)
-                    rows.append(enc.value)
+                    job.reporter.input_done()
+                    names.append(out.item.input)
+                    rows.append(out.value)
             job.writer.flush()
+            if job.stop_signal:
+                break
         return names, (torch.stack(rows) if rows else None)
 
     def body() -> None:
@@ -78,12 +78,24 @@ def compare(
         else:
             query_names, queries = encode_all(inputs)
             target_names, targets = encode_all(list(against or []))
-        if queries is None or targets is None:
+        if queries is None or targets is None or job.stop_signal:
             return
         scores, index = tasks.cosine_ranking(queries, targets, top_k)
         for q, name in enumerate(query_names):
             for score, t in zip(scores[q].tolist(), index[q].tolist(), strict=True):
-                job.emit({"query": name, "target": target_names[t], "score": score, "model": model})
+                job.emit({"query": name, "target": target_names[t], "score": score, "model": job.spec.label})
         job.writer.flush()
 
     return job.run(body)
+
+
+class CompareTask(Task):
+    """Compare ranks after every embedding is known, so it uses the Job's parts rather than execute()."""
+
+    name = "compare"
+    columns = COLUMNS
+    table_columns = TABLE_COLUMNS
+    embeds_images = True
+
+    def __init__(self, with_text: bool) -> None:
+        self.needs = frozenset({"encode_image"} | ({"encode_text"} if with_text else set()))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from mmcli.commands._options import with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, error_record
+from mmcli.output import Record
+from mmcli.pipeline import CommonOptions, Job, Outcome, Task
 
 COLUMNS = ["input", "text", "embedding", "model", "error"]
 TABLE_COLUMNS = ["input", "text", "dim", "embedding"]
@@ -31,40 +32,46 @@ def embed(
 
     Example: mmcli embed photos/ --output vectors.npy   (rows named in vectors.ids.jsonl)
     """
-    if not inputs and not text:
-        raise UsageError("nothing to embed: give image inputs and/or --text")
-    needs = ({"encode_image"} if inputs else set()) | ({"encode_text"} if text else set())
-    job = Job("embed", common, needs, COLUMNS, formats=("table", "jsonl", "json", "csv", "npy"))
-    if job.format == "table":
-        job.columns = TABLE_COLUMNS
-    table = job.format == "table"
-    backend = job.load()
-    model = job.spec.label
+    if not inputs and not text and not common.manifest:
+        raise UsageError("nothing to embed: give image inputs, --manifest and/or --text")
+    images = bool(inputs) or bool(common.manifest)
+    task = Embed(list(text or []), images)
+    job = Job(task, common)
+    task.table = job.format == "table"
+    return job.execute(list(inputs or []))
 
-    def vector_fields(vector: list[float]) -> dict[str, object]:
-        if table:
+
+class Embed(Task):
+    name = "embed"
+    columns = COLUMNS
+    table_columns = TABLE_COLUMNS
+    formats = ("table", "jsonl", "json", "csv", "npy", "parquet")
+    embeds_images = True
+
+    def __init__(self, texts: list[str], images: bool) -> None:
+        self.texts = texts
+        self.needs = frozenset(
+            ({"encode_image"} if images else set()) | ({"encode_text"} if texts else set())
+        )
+        self.table = False
+
+    def vector_fields(self, vector: list[float]) -> dict[str, object]:
+        if self.table:
             head = ", ".join(f"{v:.4f}" for v in vector[:4])
             return {"dim": len(vector), "embedding": f"[{head}, …]"}
         return {"embedding": vector}
 
-    def body() -> None:
-        if text:
-            for t, vector in zip(text, backend.encode_texts(list(text)).tolist(), strict=True):
-                job.emit({"text": t, **vector_fields(vector), "model": model})
-            job.writer.flush()
-        if inputs:
-            for batch in job.encode_images(job.items(inputs)):
-                for enc in batch:
-                    if enc.value is None:
-                        job.emit(error_record(enc.item, enc.error or "failed"))
-                    else:
-                        job.emit(
-                            {
-                                "input": enc.item.input,
-                                **vector_fields(enc.value.tolist()),
-                                "model": model,
-                            }
-                        )
-                job.writer.flush()
+    def leading(self, backend: Any) -> list[Record]:
+        if not self.texts:
+            return []
+        vectors = backend.encode_texts(list(self.texts)).tolist()
+        return [
+            {"text": t, **self.vector_fields(v), "model": self.model}
+            for t, v in zip(self.texts, vectors, strict=True)
+        ]
 
-    return job.run(body)
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        return [
+            [{"input": o.item.input, **self.vector_fields(o.value.tolist()), "model": self.model}]
+            for o in done
+        ]

@@ -65,7 +65,7 @@ def pull(
     Example: mmcli pull clip-vit-b32 && mmcli classify photos/ -l cat,dog --offline
     """
     from mmcli import registry, userconfig
-    from mmcli.output import Reporter
+    from mmcli.progress import Reporter
 
     reporter = Reporter(quiet or bool(userconfig.load().defaults.get("quiet", False)))
     local = _local_checkpoint(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,8 @@ import typer
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
 from mmcli.commands._options import Inputs, with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, error_record
+from mmcli.output import Record
+from mmcli.pipeline import CommonOptions, Job, Outcome, Task
 
 COLUMNS = ["input", "question", "answer", "model", "error"]
 TABLE_COLUMNS = ["input", "question", "answer"]
@@ -54,25 +56,35 @@ def vqa(
     Example: mmcli vqa photo.jpg --question "How many people are there?" --model llava-1.5-7b
     """
     questions = parse_questions(question, questions_file)
-    job = Job("vqa", common, {"generate"}, COLUMNS)
-    if job.format == "table":
-        job.columns = TABLE_COLUMNS
-    backend = job.load()
     options: Any = generate_options(max_new_tokens, num_beams, sample, temperature, top_p, seed)
-    model = job.spec.label
+    return Job(Vqa(questions, options), common).execute(inputs)
 
-    def answer_all(batch: Any, n: int) -> list[list[str]]:
-        per_question = [backend.generate(batch, [q] * n, options) for q in questions]
+
+class Vqa(Task):
+    name = "vqa"
+    columns = COLUMNS
+    table_columns = TABLE_COLUMNS
+    needs = frozenset({"generate"})
+
+    def __init__(self, questions: list[str], options: Any) -> None:
+        self.questions = questions
+        self.options = options
+
+    def options_key(self) -> dict[str, Any]:
+        return {"generate": dataclasses.asdict(self.options)}
+
+    def parts(self) -> list[str]:
+        return list(self.questions)  # one record (and resume key) per question
+
+    def compute(self, backend: Any, batch: Any, n: int) -> list[list[str]]:
+        per_question = [backend.generate(batch, [q] * n, self.options) for q in self.questions]
         return [list(answers) for answers in zip(*per_question, strict=True)]
 
-    def body() -> None:
-        for batch in job.forward(job.items(inputs), answer_all):
-            for out in batch:
-                if out.error is not None:
-                    job.emit(error_record(out.item, out.error))
-                    continue
-                for q, a in zip(questions, out.value, strict=True):
-                    job.emit({"input": out.item.input, "question": q, "answer": a, "model": model})
-            job.writer.flush()
-
-    return job.run(body)
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        return [
+            [
+                {"input": o.item.input, "question": q, "answer": a, "model": self.model}
+                for q, a in zip(self.questions, o.value, strict=True)
+            ]
+            for o in done
+        ]
