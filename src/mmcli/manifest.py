@@ -126,7 +126,7 @@ def _parquet_cells(path: str) -> Iterator[str | _BadRow | None]:
             "reading a .parquet manifest needs pyarrow", "pip install 'mmcli[parquet]'"
         ) from None
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead: memory stays about one row group
         column = _input_column(parquet.schema_arrow.names, path)
     except UsageError:
         raise
