@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 import time
@@ -226,6 +227,22 @@ def test_read_bytes_local_files(tmp_path: Path) -> None:
             read_bytes(str(tmp_path / name))
     with pytest.raises(InputError, match="empty file"):
         decode_image(b"")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_bytes(str(tmp_path / "pipe.png"))  # refused without blocking on the FIFO
+
+
+def test_read_bytes_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmcli import inputs
+
+    (tmp_path / "secret.png").write_bytes(b"abc")
+
+    def refuse(path: str, *args: object) -> object:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(inputs, "open", refuse, raising=False)
+    with pytest.raises(InputError, match=r"permission denied \(unreadable\)"):
+        read_bytes(str(tmp_path / "secret.png"))
 
 
 # -- through the CLI ------------------------------------------------------------------------------------------
