@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,8 +93,19 @@ def import_ray() -> Any:
     return ray
 
 
-def is_directory_url(output: str | None) -> bool:
-    return bool(output) and "://" in str(output)
+def directory_url(output: str | None) -> str | None:
+    """``--output`` as a directory URL (``s3://bucket/dir/``, ``file:///data/out/``), or None for a file.
+
+    Also undoes what a ``pathlib.Path`` option type does to a URL (``s3:/bucket/dir``, ``file:/data``)."""
+    if not output:
+        return None
+    if "://" in output:
+        return output
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)", output)
+    if match is None:
+        return None
+    scheme, rest = match.groups()
+    return f"file:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
 
 
 def run(job: Job, inputs: Sequence[str]) -> int:
@@ -104,7 +116,7 @@ def run(job: Job, inputs: Sequence[str]) -> int:
             f"--engine ray does not run {task.name}",
             f"it runs {', '.join(SUPPORTED_TASKS)}; {task.name} runs with --engine local",
         )
-    url = options.output if is_directory_url(options.output) else None
+    url = directory_url(options.output)
     if url is not None:
         if job.format not in URL_FORMATS:
             raise UsageError(f"--output {url}: a directory URL takes --format jsonl or parquet")
