@@ -6,6 +6,7 @@ Every check compares with the local engine: the same records, bad inputs include
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ def close(a: Any, b: Any, tol: float = 1e-6) -> bool:
     return bool(a == b)
 
 
-def same_records(cli: Callable[..., Any], *args: str) -> list[dict[str, Any]]:
+def same_records(cli: Callable[..., Any], *args: str | Path) -> list[dict[str, Any]]:
     local = cli(*args, "--format", "jsonl")
     remote = cli(*args, "--format", "jsonl", "--engine", "ray")
     assert remote.code == local.code, remote.stderr
@@ -146,6 +147,7 @@ def test_resume_computes_only_missing_records(
     again = cli(*args, "--engine", "ray", "--summary-json", str(tmp_path / "summary.json"))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["done"], summary["skipped"], summary["failed"]) == (2, 3, 2), again.stderr
+
     def by_input(text: str) -> list[dict[str, Any]]:
         return sorted((json.loads(line) for line in text.splitlines()), key=lambda r: r["input"])
 
@@ -208,8 +210,10 @@ def test_real_cluster_started_with_ray_start(tiny_clip: Path, image_dir: Path) -
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
-        + ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        [
+            *(ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"),
+            *("--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -224,7 +228,16 @@ def test_real_cluster_started_with_ray_start(tiny_clip: Path, image_dir: Path) -
             except OSError:
                 assert time.monotonic() < deadline and head.poll() is None, "ray start --head failed"
                 time.sleep(0.5)
-        args = ["classify", image_dir, "--model", tiny_clip, "--labels", "cat,dog", "--format", "jsonl"]
+        args = [
+            "classify",
+            str(image_dir),
+            "--model",
+            str(tiny_clip),
+            "--labels",
+            "cat,dog",
+            "--format",
+            "jsonl",
+        ]
         remote = run_mmcli(*args, "--engine", "ray", "--ray-address", f"127.0.0.1:{port}", env=env)
         assert remote.code == 0, remote.stderr
         local = run_mmcli(*args)
@@ -239,8 +252,6 @@ def test_real_cluster_started_with_ray_start(tiny_clip: Path, image_dir: Path) -
 def stop_group(head: subprocess.Popen[bytes]) -> None:
     """SIGKILL to the process group of `ray start` (its GCS, raylet and workers). A SIGTERM would be
     gentler but makes the head drain for up to 30 s; the group holds nothing else and its temp dir goes."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     head.wait(10)
