@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 # Ray Data hands the driver a worker's exception as text: an MmcliError travels as this line.
 ERROR_MARKER = "mmcli-error: "
 EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
-# Parquet needs one schema across part files: numbers and vectors typed, nested tables as JSON text.
+# Parquet needs one schema across part files: numbers and vectors typed (as the local parquet writer types
+# them), nested tables as JSON text marked as such.
 FLOAT_COLUMNS = frozenset({"score"})
+JSON_COLUMNS = frozenset({"scores"})
 VECTOR_COLUMNS = frozenset({"embedding"})
 STRING_LIST_COLUMNS = frozenset({"labels"})
 
@@ -221,19 +223,23 @@ def parquet_table(lines: list[str], columns: list[str]) -> Any:
         if col in FLOAT_COLUMNS:
             fields.append(pa.field(col, pa.float64()))
         elif col in VECTOR_COLUMNS:
-            fields.append(pa.field(col, pa.list_(pa.float64())))
+            fields.append(pa.field(col, pa.list_(pa.float32())))
         elif col in STRING_LIST_COLUMNS:
             fields.append(pa.field(col, pa.list_(pa.string())))
         else:
-            fields.append(pa.field(col, pa.string()))
+            meta = {b"mmcli": b"json"} if col in JSON_COLUMNS else None
+            fields.append(pa.field(col, pa.string(), metadata=meta))
     rows = []
     for line in lines:
         record = json.loads(line)
         row = {}
         for f in fields:
             value = record.get(f.name)
-            if value is not None and pa.types.is_string(f.type) and not isinstance(value, str):
-                value = json.dumps(value, ensure_ascii=False)
+            if value is not None and pa.types.is_string(f.type):
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                value = text.encode("utf-8", "backslashreplace").decode("utf-8")  # odd bytes in names
+            elif f.name in STRING_LIST_COLUMNS and value is not None:
+                value = [str(v).encode("utf-8", "backslashreplace").decode("utf-8") for v in value]
             row[f.name] = value
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))
