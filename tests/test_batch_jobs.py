@@ -377,3 +377,43 @@ def test_every_kind_of_bad_input_in_one_batch(tmp_path: Path, tiny_clip: Path, c
         assert "error" in rec and words in rec["error"], rec
         assert str(tmp_path / name) in result.stderr or name == "name with\nnewline and ünïcode.png"
     assert "error" in got["http://127.0.0.1:9/nothing.jpg"]
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+
+def _run_with_terminal_stderr(args: list[str], tmp_path: Path) -> tuple[int, bytes, str]:
+    import pty
+
+    primary, secondary = pty.openpty()
+    out_path = tmp_path / "stdout.bin"
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mmcli", *args], stdout=out, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(primary)
+    return proc.returncode, out_path.read_bytes(), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_and_none_in_a_pipe(
+    tmp_path: Path, tiny_clip: Path, many_images: Path
+) -> None:
+    args = ["embed", str(many_images), "--model", str(tiny_clip), "-f", "jsonl", "-b", "8"]
+    code, out, err = _run_with_terminal_stderr(args, tmp_path)
+    assert code == 3
+    assert len(out.splitlines()) == 160  # results still go to stdout, untouched
+    assert "━" in err and "items/s" in err and "160/160" in err and "1 failed" in err
+    assert "embed: 159 done, 1 failed" in err
+    quiet_code, _, quiet_err = _run_with_terminal_stderr([*args, "--quiet"], tmp_path)
+    assert quiet_code == 3 and "━" not in quiet_err and "done" not in quiet_err
+    piped = run_mmcli(*args)
+    assert "━" not in piped.stderr and "embed: 159 done, 1 failed" in piped.stderr

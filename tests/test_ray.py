@@ -189,7 +189,6 @@ def test_without_ray_says_how_to_install(
     assert "pip install 'mmcli[ray]'" in result.stderr
 
 
-@pytest.mark.xfail(reason="compare.py must refuse --engine ray itself (it never reaches Job.execute)")
 def test_compare_is_not_for_ray(cli: Callable[..., Any], tiny_clip: Path, image_dir: Path) -> None:
     result = cli("compare", image_dir, "--model", tiny_clip, "--text", "a cat", "--engine", "ray")
     assert result.code == 2

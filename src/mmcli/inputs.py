@@ -354,3 +354,8 @@ def expand_manifest(path: str) -> Iterator[Item]:
     from mmcli import manifest
 
     return manifest.expand_manifest(path)
+
+
+# Public names for the pipeline's streaming content hash (it checks and reports as load_image does).
+check_regular_file = _check_regular_file
+describe_error = _describe

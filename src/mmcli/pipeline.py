@@ -433,20 +433,24 @@ class Job:
     # -- images ------------------------------------------------------------------------------------
     def _load(self, out: Outcome) -> Batch | None:
         """Read, look up the cache, decode, preprocess: one input, in a worker thread."""
-        from mmcli.inputs import decode_image, read_bytes
+        from mmcli.inputs import decode_image, is_url, load_image, read_bytes
 
-        data = read_bytes(out.item.input)
-        if self.cache is not None:
-            from mmcli.cache import digest_bytes
+        name = out.item.input
+        if self.cache is None:
+            image = load_image(name, self.options.max_pixels)  # a local file: the header is checked first
+            return self.backend.preprocess([image])
+        data = read_bytes(name) if is_url(name) else None
+        out.digest = digest_file(name) if data is None else digest_bytes(data)
+        hit = self.cache.get_many([out.digest]).get(out.digest)
+        if hit is not None:
+            import torch
 
-            out.digest = digest_bytes(data)
-            hit = self.cache.get_many([out.digest]).get(out.digest)
-            if hit is not None:
-                import torch
-
-                out.value, out.cached = torch.from_numpy(hit), True
-                return None
-        image = decode_image(data, self.options.max_pixels)
+            out.value, out.cached = torch.from_numpy(hit), True
+            return None
+        if data is not None:
+            image = decode_image(data, self.options.max_pixels)
+        else:
+            image = load_image(name, self.options.max_pixels)
         return self.backend.preprocess([image])
 
     def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
@@ -544,6 +548,28 @@ class Job:
                 if fresh:
                     self.cache.put_many(fresh)
             yield batch
+
+
+def digest_bytes(data: bytes) -> str:
+    """The embedding cache's content hash (mmcli.cache.digest_bytes, without importing sqlite here)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def digest_file(path: str) -> str:
+    """digest_bytes of a file's content, read in chunks (a huge file never sits in memory). The checks
+    load_image makes (regular file, not empty, readable) come first, with the same messages."""
+    from mmcli.errors import InputError
+    from mmcli.inputs import check_regular_file, describe_error
+
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        check_regular_file(path)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(describe_error(exc)) from exc
+    return digest.hexdigest()
 
 
 def record_key(text: str) -> str:

@@ -62,7 +62,7 @@ Format = Annotated[
     ),
 ]
 Output = Annotated[
-    Path | None,
+    str | None,  # str, not Path: a Ray job's output may be a URL (s3://bucket/dir/), which Path would mangle
     typer.Option(
         "--output",
         "-o",
@@ -177,7 +177,7 @@ MaxErrors = Annotated[
     typer.Option("--max-errors", min=1, help="Stop after N failed inputs.", rich_help_panel=BATCH),
 ]
 Manifest = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--manifest",
         help="Inputs from a parquet, jsonl or csv file with a path (or url) column.",

@@ -50,6 +50,10 @@ def compare(
 
     if bool(text) == bool(against):
         raise UsageError("give either --text (search images by text) or --against (find look-alikes)")
+    if common.engine != "local":
+        raise UsageError(
+            "--engine ray does not run compare: it ranks across every input at once", "use --engine local"
+        )
     common.overwrite = True  # rankings need every input: compare always writes its output afresh
     job = Job(CompareTask(bool(text)), common)
     backend = job.load()
