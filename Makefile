@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-caption bench-shapes clean
+.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,15 @@ bench-caption: $(STAMP)
 
 bench-shapes: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/shapes_accuracy.py
+
+bench-cache: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/cache.py
+
+bench-batch: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/batch.py
+
+bench-ray: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
