@@ -158,7 +158,7 @@ class Job:
         self.reporter = Reporter(options.quiet)
         self._writer: Writer | None = None
         self.cache: EmbeddingCache | None = None
-        self.forward_limit = 1 << 30  # lowered after an out-of-memory error
+        self.backoff = Backoff(self.reporter.warn)
         self.stop_signal: str | None = None
         self.stop_reason: str | None = None
         self.wait_s = 0.0  # time the model waited for decoded images
@@ -176,6 +176,7 @@ class Job:
             if registry.hub_offline(self.options.offline) and not asked:
                 self.reporter.warn("the Hugging Face hub is not reachable: using the local cache only")
         self.runtime = rt.resolve(self.options.device, self.options.dtype, self.spec.dtype)
+        self.backoff.device = self.runtime.device
         opts = LoadOptions(
             allow_pickle=self.options.allow_pickle,
             trust_remote_code=self.options.trust_remote_code,
@@ -345,13 +346,20 @@ class Job:
         return self.run(body, inputs)
 
     def _leading(self, backend: Backend) -> None:
-        records = self.task.leading(backend)
+        self.write_leading(self.task.leading(backend))
+
+    def leading_key(self, record: Record) -> str:
+        """The resume key of a record that belongs to no image (embed --text): the text and the identity."""
+        return record_key(f"{self.identity()}\0text\0{record.get('text')}")
+
+    def write_leading(self, records: list[Record]) -> None:
+        """Write records that belong to no image, skipping those already in --output."""
         if not records:
             return
-        writer, identity = self.writer, self.identity()
+        writer = self.writer
         for record in records:
             if writer.keyed:
-                key = record_key(f"{identity}\0text\0{record.get('text')}")
+                key = self.leading_key(record)
                 if key in writer.done:
                     writer.keep(key)
                     continue
@@ -511,29 +519,8 @@ class Job:
             yield [out for out, _ in batch]
 
     def with_backoff(self, fn: Callable[[Batch, int], Sequence[Any]], parts: list[Batch]) -> list[Any]:
-        """Run ``fn`` on the collated parts; on out-of-memory halve the batch and retry, then remember
-        the smaller size for the rest of the run. One image that does not fit is fatal."""
-        from mmcli import runtime
-
-        if len(parts) > self.forward_limit:
-            half = self.forward_limit
-            return self.with_backoff(fn, parts[:half]) + self.with_backoff(fn, parts[half:])
-        try:
-            return list(fn(self.backend.collate(parts), len(parts)))
-        except Exception as exc:
-            if not runtime.is_out_of_memory(exc):
-                raise
-            runtime.free_memory(self.runtime.device)
-            if len(parts) == 1:
-                raise MmcliError(
-                    f"out of memory on {self.runtime.device} with a single image",
-                    "try --dtype fp16, --quantize 4bit, --device-map auto, or a smaller model",
-                ) from exc
-            self.forward_limit = len(parts) // 2
-            self.reporter.warn(
-                f"out of memory with a batch of {len(parts)}: retrying in batches of {self.forward_limit}"
-            )
-            return self.with_backoff(fn, parts)
+        """Run ``fn`` on the collated parts, halving the batch on out-of-memory (see Backoff)."""
+        return self.backoff.run(lambda chunk: list(fn(self.backend.collate(chunk), len(chunk))), parts)
 
     def encode_images(self, work: Iterable[Outcome]) -> Iterator[list[Outcome]]:
         """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order; cached
@@ -548,6 +535,39 @@ class Job:
                 if fresh:
                     self.cache.put_many(fresh)
             yield batch
+
+
+class Backoff:
+    """Out-of-memory back-off, for the local engine and each Ray actor: on out-of-memory halve the batch
+    and retry, then remember the smaller size for the rest of the run. One image that does not fit is fatal."""
+
+    def __init__(
+        self, warn: Callable[[str], None] | None = None, device: Any = None, hint: str | None = None
+    ):
+        self.limit = 1 << 30
+        self.warn = warn
+        self.device = device
+        self.hint = hint or "try --dtype fp16, --quantize 4bit, --device-map auto, or a smaller model"
+
+    def run(self, fn: Callable[[list[Batch]], list[Any]], parts: list[Batch]) -> list[Any]:
+        from mmcli import runtime
+
+        if len(parts) > self.limit:
+            half = self.limit
+            return self.run(fn, parts[:half]) + self.run(fn, parts[half:])
+        try:
+            return fn(parts)
+        except Exception as exc:
+            if not runtime.is_out_of_memory(exc):
+                raise
+            if self.device is not None:
+                runtime.free_memory(self.device)
+            if len(parts) == 1:
+                raise MmcliError(f"out of memory on {self.device} with a single image", self.hint) from exc
+            self.limit = len(parts) // 2
+            if self.warn is not None:
+                self.warn(f"out of memory with a batch of {len(parts)}: retrying in batches of {self.limit}")
+            return self.run(fn, parts)
 
 
 def digest_bytes(data: bytes) -> str:

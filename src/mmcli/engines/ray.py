@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mmcli.errors import MmcliError, UsageError
-from mmcli.pipeline import Task, error_record, record_key
+from mmcli.pipeline import Task, error_record
 
 if TYPE_CHECKING:
     from mmcli.output import Record
@@ -86,8 +86,9 @@ class _NoWriter:
 
 def import_ray() -> Any:
     try:
-        import ray
         import ray.data
+
+        import ray
     except ImportError as exc:
         raise UsageError("--engine ray needs Ray Data, which is not installed", INSTALL_HINT) from exc
     return ray
@@ -272,22 +273,12 @@ def leading(ray: Any, job: Job, plan: Plan) -> list[Record]:
     remote: dict[str, Any] = {"num_cpus": plan.cpus_per_actor, "num_gpus": plan.gpus_per_actor}
     fn = ray.remote(**remote)(stages.leading_records)
     records: list[Record] = json.loads(ray.get(fn.remote(shipped_spec(job), job.task, job.options)))
-    identity = job.identity()
-    return [record | {"key": record_key(f"{identity}\0text\0{record.get('text')}")} for record in records]
+    return [record | {"key": job.leading_key(record)} for record in records]
 
 
 # -- output streamed to this process ---------------------------------------------------------------------
 def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
-    writer = job.writer
-    for record in leading(ray, job, plan):
-        key = record.pop("key")
-        if writer.keyed:
-            if key in writer.done:
-                writer.keep(key)
-                continue
-            record["key"] = key
-        job.emit(record)
-    writer.flush()
+    job.write_leading([{k: v for k, v in record.items() if k != "key"} for record in leading(ray, job, plan)])
     outcomes: dict[int, Outcome] = {}
     rows = []
     for idx, out in enumerate(job.pending(job.items(inputs))):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmcli.errors import InputError, MmcliError
+from mmcli.pipeline import Backoff
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Batch
@@ -57,7 +58,9 @@ class Predictor:
 
     def __init__(self, spec: ModelSpec, task: Task, options: CommonOptions, threads: int) -> None:
         self.task = task
-        self.limit = 1 << 30  # lowered after an out-of-memory error, as in Job.with_backoff
+        self.backoff = Backoff(
+            hint="try --dtype fp16, --quantize 4bit, a smaller model, or more --gpus-per-actor"
+        )
         self.failure: Exception | None = None
         try:
             self.load(spec, options, threads)
@@ -70,6 +73,7 @@ class Predictor:
 
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         self.runtime = runtime.resolve(options.device, options.dtype, spec.dtype)
+        self.backoff.device = self.runtime.device
         if threads > 0 and self.runtime.device.type == "cpu":
             import torch
 
@@ -130,27 +134,15 @@ class Predictor:
         }
 
     def forward(self, parts: list[Batch]) -> list[Any]:
-        """One value per image; on out-of-memory halve the batch and retry (``Job.with_backoff``)."""
-        from mmcli import runtime
+        """One value per image; on out-of-memory halve the batch and retry (pipeline.Backoff)."""
 
-        if len(parts) > self.limit:
-            return self.forward(parts[: self.limit]) + self.forward(parts[self.limit :])
-        try:
-            collated = self.backend.collate(parts)
+        def run(chunk: list[Batch]) -> list[Any]:
+            collated = self.backend.collate(chunk)
             if self.task.embeds_images:
                 return list(self.backend.encode_images(collated))
-            return list(self.task.compute(self.backend, collated, len(parts)))
-        except Exception as exc:
-            if not runtime.is_out_of_memory(exc):
-                raise
-            runtime.free_memory(self.runtime.device)
-            if len(parts) == 1:
-                raise MmcliError(
-                    f"out of memory on {self.runtime.device} with a single image",
-                    "try --dtype fp16, --quantize 4bit, a smaller model, or more --gpus-per-actor",
-                ) from exc
-            self.limit = len(parts) // 2
-            return self.forward(parts)
+            return list(self.task.compute(self.backend, collated, len(chunk)))
+
+        return self.backoff.run(run, parts)
 
 
 def leading_records(spec: ModelSpec, task: Task, options: CommonOptions) -> str:
