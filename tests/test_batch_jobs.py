@@ -182,7 +182,7 @@ def test_touched_file_is_redone_and_overwrite_starts_afresh(tmp_path: Path, tiny
     assert cli(*args).code == 0
     facts = json.loads(summary.read_text())
     assert (facts["skipped"], facts["done"]) == (5, 1)
-    assert [r["input"] for r in records(out)].count(str(images / "3.png")) == 1
+    assert [r["input"] for r in records(out)] == [str(images / f"{i}.png") for i in range(6)]  # input order
     assert cli(*args, "--overwrite").code == 0
     facts = json.loads(summary.read_text())
     assert (facts["skipped"], facts["done"]) == (0, 6)
@@ -417,3 +417,49 @@ def test_progress_bar_on_a_terminal_and_none_in_a_pipe(
     assert quiet_code == 3 and "━" not in quiet_err and "done" not in quiet_err
     piped = run_mmcli(*args)
     assert "━" not in piped.stderr and "embed: 159 done, 1 failed" in piped.stderr
+
+
+# -- every task resumes ---------------------------------------------------------------------------
+
+
+def test_vqa_resumes_per_question_and_caption_per_image(
+    tmp_path: Path, tiny_blip2: Path, image_dir: Path, cli
+) -> None:
+    out, summary = tmp_path / "vqa.jsonl", tmp_path / "s.json"
+    args = [
+        "vqa",
+        image_dir,
+        "--model",
+        tiny_blip2,
+        "-Q",
+        "What colour?",
+        "-Q",
+        "What shape?",
+        "--max-new-tokens",
+        "4",
+    ]
+    assert cli(*args, "-o", out).code == 0
+    full = out.read_text().splitlines()
+    assert len(full) == 10 and len({json.loads(line)["key"] for line in full}) == 10  # one key per question
+    out.write_text("\n".join(full[:3] + full[4:]) + "\n")  # lose the answer to one question of one image
+    assert cli(*args, "-o", out, "--summary-json", summary).code == 0
+    facts = json.loads(summary.read_text())
+    assert (facts["skipped"], facts["done"], facts["records"]) == (4, 1, 1)  # only the missing answer written
+    assert out.read_text().splitlines() == full
+    caption = tmp_path / "captions.csv"
+    cargs = ["caption", image_dir, "--model", tiny_blip2, "--max-new-tokens", "4", "-o", caption]
+    assert cli(*cargs).code == 0
+    assert cli(*cargs, "--summary-json", summary).code == 0
+    assert json.loads(summary.read_text())["skipped"] == 5
+    assert cli(*cargs, "--max-new-tokens", "5", "--summary-json", summary).code == 0  # a generation option
+    assert json.loads(summary.read_text())["done"] == 5
+    assert len(caption.read_text().splitlines()) == 6  # header + one row per image, old rows dropped
+
+
+def test_a_real_process_exits_fast_with_every_record_on_stdout(tiny_clip: Path, many_images: Path) -> None:
+    """The process skips the interpreter's teardown (os._exit) once torch is loaded: stdout is flushed first."""
+    result = run_mmcli("embed", many_images, "--model", tiny_clip, "-f", "jsonl")
+    lines = result.stdout.splitlines()
+    assert result.code == 3 and len(lines) == 160
+    assert all(json.loads(line)["input"] for line in lines)
+    assert "embed: 159 done, 1 failed" in result.stderr

@@ -94,6 +94,7 @@ class Outcome:
     error: str | None = None
     digest: str | None = None  # content hash, when the embedding cache is in use
     cached: bool = False
+    before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
 
 
 class Task:
@@ -161,6 +162,7 @@ class Job:
         self.backoff = Backoff(self.reporter.warn)
         self.stop_signal: str | None = None
         self.stop_reason: str | None = None
+        self._held: list[str] = []
         self.wait_s = 0.0  # time the model waited for decoded images
         self.compute_s = 0.0
         self.backend: Backend
@@ -267,22 +269,35 @@ class Job:
         return [record_key(f"{base}\0{part}") for part in self.task.parts()]
 
     def pending(self, items: Iterable[Item]) -> Iterator[Outcome]:
-        """The inputs still to do: those whose records are all in --output already are skipped."""
+        """The inputs still to do: those whose records are all in --output already are skipped.
+
+        A skipped input's records are kept in their place: their keys ride with the next input to do
+        (``Outcome.before``) and are kept just before its records are written, and the keys after the last
+        one wait in ``keep_held()``, so a completed run's file is in input order."""
         writer = self.writer
+        self._held = []
         if not writer.keyed:
             for item in items:
                 yield Outcome(item)
             return
         identity = self.identity()
         done = writer.done
+        held: list[str] = []
         for item in items:
             keys = self.keys_for(item.input, identity)
             if item.error is None and all(k in done for k in keys):
-                for k in keys:
-                    writer.keep(k)
+                held.extend(keys)
                 self.reporter.input_skipped()
                 continue
-            yield Outcome(item, keys)
+            yield Outcome(item, keys, before=held)
+            held = []
+        self._held = held
+
+    def keep_held(self) -> None:
+        """Keep the records of the inputs skipped after the last one done (call when the inputs ran out)."""
+        for key in self._held:
+            self.writer.keep(key)
+        self._held = []
 
     # -- records ------------------------------------------------------------------------------------
     def emit(self, record: Record) -> None:
@@ -293,6 +308,8 @@ class Job:
     def emit_outcome(self, out: Outcome, records: list[Record]) -> None:
         """Write an input's records (those not already in --output) and count the input once."""
         writer = self.writer
+        for held in out.before:
+            writer.keep(held)
         failed = next((r for r in records if "error" in r), None)
         for i, record in enumerate(records):
             key = out.keys[i] if i < len(out.keys) else (out.keys[0] if out.keys else None)
@@ -341,7 +358,8 @@ class Job:
                         self.emit_outcome(out, next(produced))
                 self.writer.flush()
                 if self.stop_signal:
-                    break
+                    return
+            self.keep_held()
 
         return self.run(body, inputs)
 

@@ -285,6 +285,7 @@ def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
         outcomes[idx] = out
         rows.append(row_for(idx, out))
     if not rows:
+        job.keep_held()
         return
     for batch in build(ray, job, rows, plan).iter_batches(batch_size=None, batch_format="numpy"):
         for idx, records, error in zip(batch["idx"], batch["records"], batch["error"], strict=True):
@@ -295,7 +296,8 @@ def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
                 job.emit_outcome(out, json.loads(records))
         job.writer.flush()
         if job.stop_signal:
-            break
+            return
+    job.keep_held()
 
 
 # -- output written by the workers to a directory URL ------------------------------------------------------
