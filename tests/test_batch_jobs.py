@@ -463,3 +463,25 @@ def test_a_real_process_exits_fast_with_every_record_on_stdout(tiny_clip: Path, 
     assert result.code == 3 and len(lines) == 160
     assert all(json.loads(line)["input"] for line in lines)
     assert "embed: 159 done, 1 failed" in result.stderr
+
+
+def test_manifest_as_the_only_input_and_after_the_command_line(
+    tmp_path: Path, tiny_clip: Path, image_dir: Path, cli
+) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        f"id,path\n1,{image_dir / 'a.jpg'}\n2,{image_dir / 'b.png'}\n3,{tmp_path / 'gone.png'}\n"
+    )
+    alone = cli("classify", "--manifest", manifest, "-l", "cat,dog", "--model", tiny_clip, "-f", "jsonl")
+    assert alone.code == 3
+    assert [r["input"] for r in alone.jsonl()] == [
+        str(image_dir / "a.jpg"),
+        str(image_dir / "b.png"),
+        str(tmp_path / "gone.png"),
+    ]
+    assert "error" in alone.jsonl()[2]
+    both = cli("embed", image_dir / "sub", "--manifest", manifest, "--model", tiny_clip, "-f", "jsonl")
+    assert [Path(r["input"]).name for r in both.jsonl()] == ["d.jpg", "e.bmp", "a.jpg", "b.png", "gone.png"]
+    none = cli("classify", "-l", "a,b", "--model", tiny_clip)
+    assert none.code == 2 and "no inputs" in none.stderr
+    assert cli("compare", image_dir, "--text", "x", "--manifest", manifest, "--model", tiny_clip).code == 2

@@ -127,6 +127,19 @@ def test_caption_and_vqa_same_text(cli: Callable[..., Any], inputs: list[str]) -
 
 
 @pytest.mark.usefixtures("local_ray")
+def test_manifest_input_same_records(
+    cli: Callable[..., Any], tiny_clip: Path, image_dir: Path, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "inputs.jsonl"
+    rows = [{"path": str(image_dir / n)} for n in ("a.jpg", "sub/d.jpg", "missing.png")]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = same_records(
+        cli, "classify", "--manifest", manifest, "--model", tiny_clip, "--labels", "cat,dog"
+    )
+    assert [Path(r["input"]).name for r in records] == ["a.jpg", "d.jpg", "missing.png"]
+    assert "error" in records[2]
+
+
 def test_embed_same_vectors_with_texts(cli: Callable[..., Any], tiny_clip: Path, inputs: list[str]) -> None:
     records = same_records(cli, "embed", *inputs, "--model", tiny_clip, "--text", "a cat", "--no-cache")
     assert [r["text"] for r in records[:1]] == ["a cat"]

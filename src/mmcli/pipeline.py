@@ -331,8 +331,13 @@ class Job:
             self.stop_reason = f"--max-errors {self.options.max_errors}"
             raise StopRun
 
-    def execute(self, inputs: Sequence[str]) -> int:
+    def execute(self, inputs: Sequence[str] | None) -> int:
         """The whole run of a per-image task: load, skip finished work, compute, write, report."""
+        inputs = list(inputs or [])
+        if not inputs and not self.options.manifest and type(self.task).leading is Task.leading:
+            raise UsageError(
+                "no inputs: give image files, directories, globs, URLs, - (paths on stdin) or --manifest FILE"
+            )
         if self.options.engine == "ray":
             from mmcli.engines.ray import run as run_on_ray
 

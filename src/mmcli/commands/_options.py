@@ -14,9 +14,18 @@ from mmcli.pipeline import DEFAULT_MAX_PIXELS, CommonOptions
 COMMON = "Common options"
 
 Inputs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Image files, directories (walked recursively), glob patterns, http(s) URLs, or - to read paths "
+        "from stdin (or none, with --manifest).",
+        show_default=False,
+    ),
+]
+RequiredInputs = Annotated[
     list[str],
     typer.Argument(
-        help="Image files, directories (walked recursively), glob patterns, or - to read paths from stdin.",
+        help="Image files, directories (walked recursively), glob patterns, http(s) URLs, or - to read paths "
+        "from stdin.",
         show_default=False,
     ),
 ]

@@ -40,7 +40,7 @@ def write_atomically(path: str, text: str) -> None:
 
 @with_common_options
 def caption(
-    inputs: Inputs,
+    inputs: Inputs = None,
     prompt: Annotated[
         str | None,
         typer.Option("--prompt", "-p", help="Prompt (default: the model's caption prompt; BLIP-2: none)."),

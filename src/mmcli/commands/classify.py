@@ -35,7 +35,7 @@ def parse_labels(labels: list[str] | None, labels_file: Path | None) -> list[str
 
 @with_common_options
 def classify(
-    inputs: Inputs,
+    inputs: Inputs = None,
     labels: Annotated[
         list[str] | None,
         typer.Option("--labels", "-l", help="Comma-separated labels; repeatable.", show_default=False),

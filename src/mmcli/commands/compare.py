@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mmcli.commands._options import Inputs, TopK, with_common_options
+from mmcli.commands._options import RequiredInputs, TopK, with_common_options
 from mmcli.errors import UsageError
 from mmcli.pipeline import CommonOptions, Job, Task, error_record
 
@@ -16,7 +16,7 @@ TABLE_COLUMNS = ["query", "target", "score"]
 
 @with_common_options
 def compare(
-    inputs: Inputs,
+    inputs: RequiredInputs,
     text: Annotated[
         list[str] | None,
         typer.Option(
@@ -54,6 +54,8 @@ def compare(
         raise UsageError(
             "--engine ray does not run compare: it ranks across every input at once", "use --engine local"
         )
+    if common.manifest:
+        raise UsageError("compare takes its inputs on the command line, not from --manifest")
     common.overwrite = True  # rankings need every input: compare always writes its output afresh
     job = Job(CompareTask(bool(text)), common)
     backend = job.load()

@@ -34,7 +34,7 @@ def parse_questions(questions: list[str] | None, questions_file: Path | None) ->
 
 @with_common_options
 def vqa(
-    inputs: Inputs,
+    inputs: Inputs = None,
     question: Annotated[
         list[str] | None,
         typer.Option("--question", "-Q", help="A question; repeatable.", show_default=False),
