@@ -243,11 +243,13 @@ def test_a_database_path_that_cannot_be_opened_disables_the_cache(tmp_path: Path
     assert describe(tmp_path)["exists"] is False
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
 def test_a_read_only_directory_disables_the_cache(tmp_path: Path) -> None:
-    directory = tmp_path / "ro"
-    directory.mkdir()
-    directory.chmod(0o500)
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    # root ignores permission bits: /proc/self is an existing directory in which nobody can create files
+    directory = Path("/proc/self") if as_root else tmp_path / "ro"
+    if not as_root:
+        directory.mkdir()
+        directory.chmod(0o500)
     warnings = Warnings()
     try:
         cache = EmbeddingCache(directory, NS, warn=warnings)
@@ -256,7 +258,8 @@ def test_a_read_only_directory_disables_the_cache(tmp_path: Path) -> None:
         assert cache.misses == 1
         cache.close()
     finally:
-        directory.chmod(0o700)
+        if not as_root:
+            directory.chmod(0o700)
     assert len(warnings) == 1 and "disabled" in warnings[0]
 
 
