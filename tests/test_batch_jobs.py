@@ -485,3 +485,22 @@ def test_manifest_as_the_only_input_and_after_the_command_line(
     none = cli("classify", "-l", "a,b", "--model", tiny_clip)
     assert none.code == 2 and "no inputs" in none.stderr
     assert cli("compare", image_dir, "--text", "x", "--manifest", manifest, "--model", tiny_clip).code == 2
+
+
+def test_a_second_process_on_the_same_output_stops_at_once(
+    tmp_path: Path, tiny_clip: Path, image_dir: Path, cli
+) -> None:
+    from mmcli.resume import OutputLock
+
+    out = tmp_path / "out.jsonl"
+    held = OutputLock(str(out))  # as another mmcli writing it would
+    try:
+        result = cli("classify", image_dir, "-l", "a,b", "--model", tiny_clip, "-o", out)
+        assert result.code == 1 and "being written by another mmcli process" in result.stderr
+        assert f"pid {os.getpid()}" in result.stderr
+        assert not out.exists()
+    finally:
+        held.release()
+    (tmp_path / "out.jsonl.lock").write_text("12345")  # left by a process killed with -9: no lock held
+    assert cli("classify", image_dir, "-l", "a,b", "--model", tiny_clip, "-o", out).code == 0
+    assert len(records(out)) == 5 and not (tmp_path / "out.jsonl.lock").exists()

@@ -76,7 +76,9 @@ def run(fmt: str, path: Path, records: list[dict[str, Any]], **kw: Any) -> Write
 
 
 def crash(writer: Writer) -> None:
-    """The process dies after its last flush: nothing more is written, nothing is closed properly."""
+    """The process dies after its last flush: nothing more is written, nothing is closed properly (the
+    kernel drops the output's lock with the process)."""
+    writer.release()
     del writer
     gc.collect()
 

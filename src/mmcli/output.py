@@ -59,6 +59,7 @@ class Writer:
     """
 
     keyed = False
+    lock: Any = None  # resume.OutputLock of a file output, released by release()
 
     def __init__(self, stream: IO[bytes]):
         self.stream = stream
@@ -75,6 +76,12 @@ class Writer:
 
     def close(self, complete: bool = True) -> None:
         self.flush()
+
+    def release(self) -> None:
+        """Let other processes write this output again (after close)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _public(record: Record) -> Record:
@@ -217,6 +224,13 @@ def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwri
         return TableWriter(open(output, "wb"), columns, to_terminal=False)
     from mmcli import resume
 
-    if overwrite:
-        resume.remove_outputs(output, fmt)
-    return resume.open_file_writer(fmt, output, columns)
+    lock = resume.OutputLock(output)
+    try:
+        if overwrite:
+            resume.remove_outputs(output, fmt)
+        writer = resume.open_file_writer(fmt, output, columns)
+    except BaseException:
+        lock.release()
+        raise
+    writer.lock = lock
+    return writer

@@ -408,7 +408,10 @@ class Job:
     def finish(self) -> int:
         complete = self.stop_signal is None and self.stop_reason is None
         writer = self._writer if self._writer is not None else self.writer
-        writer.close(complete=complete)
+        try:
+            writer.close(complete=complete)
+        finally:
+            writer.release()
         if self.cache is not None:
             self.cache.close()
         if self.stop_signal == "SIGTERM":

@@ -83,6 +83,9 @@ class _NoWriter:
     def close(self, complete: bool = True) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
 
 def import_ray() -> Any:
     try:
