@@ -601,3 +601,59 @@ def test_module_settings() -> None:
     """Pillow's own bomb check is off (mmcli's limit replaces it) and images are never loaded leniently."""
     assert Image.MAX_IMAGE_PIXELS is None
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_glob_star_star_never_follows_symlink_loops(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    solid(tmp_path / "a" / "b" / "x.png")
+    solid(tmp_path / "a" / "y.jpg")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "b" / "loop")  # two loops: Python's glob explodes here
+    os.symlink(tmp_path, tmp_path / "a" / "up")
+    found = [item.input for item in expand([str(tmp_path / "**" / "*.*")])]
+    assert found == [str(tmp_path / "a" / "b" / "x.png"), str(tmp_path / "a" / "y.jpg")]
+    # a symbolic link named by a plain segment is followed, as glob does
+    assert [i.input for i in expand([str(tmp_path / "a" / "up" / "a" / "*.jpg")])] == [
+        str(tmp_path / "a" / "up" / "a" / "y.jpg")
+    ]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "*.png",
+        "**/*.png",
+        "**/*",
+        "d*/**/*.jp*g",
+        "d1/*/[ab].png",
+        "**/sub/**/?.png",
+        ".hid/*.png",
+        "**/.h*.png",
+    ],
+)
+def test_glob_matches_what_python_glob_matches(tmp_path: Path, pattern: str) -> None:
+    import glob
+
+    for name in [
+        "top.png", "d1/a.png", "d1/b.png", "d1/c.jpeg", "d1/e/a.png", "d2/sub/x/z.png", "d2/sub/q.png",
+        ".hid/h.png", "d1/.hidden.png", "d1/sub/y.jpg",
+    ]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        solid(tmp_path / name)
+    ours = [i.input for i in expand([str(tmp_path / pattern)]) if i.error is None]
+    theirs = sorted(p for p in glob.glob(str(tmp_path / pattern), recursive=True) if os.path.isfile(p))
+    assert sorted(ours) == theirs
+
+
+def test_glob_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for d in range(30):
+        (tmp_path / f"d{d:02d}").mkdir()
+        for i in range(3):
+            solid(tmp_path / f"d{d:02d}" / f"{i}.png")
+    from mmcli import inputs
+
+    listed: list[str] = []
+    real = os.scandir
+    monkeypatch.setattr(inputs.os, "scandir", lambda p: listed.append(p) or real(p))
+    it = expand([str(tmp_path / "**" / "*.png")])
+    assert next(it).input == str(tmp_path / "d00" / "0.png")
+    assert len(listed) <= 2  # the root and the first directory, not all 31

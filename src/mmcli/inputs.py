@@ -7,7 +7,7 @@ never a crash of the batch.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import io
 import os
 import stat
@@ -148,11 +148,8 @@ def _expand_one(arg: str) -> Iterator[Item]:
         yield Item(arg)
         return
     if GLOB_CHARS & set(arg):
-        matches = sorted(glob.iglob(arg, recursive=True))
         found = False
-        for match in matches:
-            if os.path.isdir(match):
-                continue
+        for match in iglob(arg):
             if is_image_name(match):
                 found = True
                 yield Item(match)
@@ -160,6 +157,63 @@ def _expand_one(arg: str) -> Iterator[Item]:
             yield Item(arg, "no image files match this pattern")
         return
     yield Item(arg, "no such file or directory")
+
+
+def iglob(pattern: str) -> Iterator[str]:
+    """The files a glob pattern matches, lazily, in the order of a directory walk (names sorted per directory).
+
+    Python's glob semantics (``*``, ``?``, ``[...]`` within a name, ``**`` across directories, wildcards skip
+    hidden names), but ``**`` never follows a symbolic link to a directory — no loops — and nothing is collected
+    first: ``photos/**/*.jpg`` over a million files gives its first match at once, in flat memory.
+    """
+    parts = pattern.split(os.sep)
+    literal = 0
+    while literal < len(parts) - 1 and not GLOB_CHARS & set(parts[literal]):
+        literal += 1
+    prefix = os.sep.join(parts[:literal]) or (os.sep if literal else "")
+    rest = parts[literal:]
+    yield from _glob_walk(prefix, rest, frozenset({0}))
+
+
+def _closure(rest: list[str], states: frozenset[int]) -> frozenset[int]:
+    """``**`` also matches no directory at all: a state on ``**`` may move past it for free."""
+    out = set(states)
+    for s in sorted(states):
+        while s < len(rest) and rest[s] == "**":
+            s += 1
+            out.add(s)
+    return frozenset(out)
+
+
+def _glob_walk(directory: str, rest: list[str], states: frozenset[int]) -> Iterator[str]:
+    states = _closure(rest, states)
+    try:
+        with os.scandir(directory or ".") as it:
+            entries = sorted(
+                (e.name, e.is_dir(follow_symlinks=False), e.is_dir(), e.is_file()) for e in it
+            )  # plain tuples: flat memory per directory
+    except OSError:
+        return
+    for name, real_dir, any_dir, is_file in entries:
+        stay: set[int] = set()  # through **: real directories only (no symlink loops)
+        follow: set[int] = set()  # through a named segment: a symlink to a directory is fine
+        for s in states:
+            if s >= len(rest):
+                continue
+            segment = rest[s]
+            if segment == "**":
+                if not name.startswith("."):
+                    stay.add(s)
+            elif (not name.startswith(".") or segment.startswith(".")) and fnmatch.fnmatchcase(name, segment):
+                follow.add(s + 1)
+        if not stay and not follow:
+            continue
+        path = os.path.join(directory, name) if directory else name
+        if is_file and len(rest) in _closure(rest, frozenset(stay | follow)):
+            yield path
+        descend = (stay if real_dir else set()) | (follow if any_dir else set())
+        if any_dir and descend and not is_file:
+            yield from _glob_walk(path, rest, frozenset(descend))
 
 
 def read_paths(stream: IO[bytes], null: bool) -> Iterator[str]:
