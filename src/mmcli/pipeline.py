@@ -13,18 +13,17 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from itertools import islice
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmcli import registry
-from mmcli.errors import EXIT_OK, EXIT_PARTIAL, MmcliError, UsageError
+from mmcli.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mmcli.loader import Backoff, Loader, Outcome, weights_stamp
 from mmcli.output import Record, Writer, choose_format, open_writer
 from mmcli.progress import Reporter
+
+__all__ = ["Backoff", "CommonOptions", "Job", "Outcome", "StopRun", "Task", "error_record", "record_key"]
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
@@ -77,26 +76,6 @@ class StopRun(Exception):
     """--strict / --max-errors: stop after the failed input whose record was just written."""
 
 
-def batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    it = iter(iterable)
-    while chunk := list(islice(it, n)):
-        yield chunk
-
-
-@dataclass
-class Outcome:
-    """One input on its way through the run: its resume keys (one per record), then its result (an
-    embedding row, a caption, ...) or the reason it failed."""
-
-    item: Item
-    keys: list[str] = field(default_factory=list)
-    value: Any = None
-    error: str | None = None
-    digest: str | None = None  # content hash, when the embedding cache is in use
-    cached: bool = False
-    before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
-
-
 class Task:
     """What one subcommand computes. Plain data (labels, prompts, options), so the Ray engine can ship it
     to its workers; the model is passed in, never stored here."""
@@ -137,7 +116,7 @@ def error_record(item: Item, error: str) -> Record:
     return {"input": item.input, "error": error}
 
 
-class Job:
+class Job(Loader):
     """One run of one task. Everything cheap (model name, capabilities, output format) is checked in
     the constructor, before any weights load, so mistakes fail at once."""
 
@@ -205,19 +184,6 @@ class Job:
             ]
         )
         return EmbeddingCache(paths.cache_dir(self.options.cache_dir), namespace, warn=self.reporter.warn)
-
-    @property
-    def batch_size(self) -> int:
-        if self.options.batch_size:
-            return self.options.batch_size
-        return 16 if self.runtime.device.type == "cpu" else 32
-
-    @property
-    def workers(self) -> int:
-        """Decoding threads; 0 decodes in the main thread, with no prefetch."""
-        if self.options.workers is not None:
-            return self.options.workers
-        return min(8, max(2, os.cpu_count() or 2))
 
     @property
     def writer(self) -> Writer:
@@ -464,172 +430,6 @@ class Job:
         self.stop_signal = name
         self.reporter.warn(f"{name}: finishing the current batch, then stopping (Ctrl-C again to stop now)")
 
-    # -- images ------------------------------------------------------------------------------------
-    def _load(self, out: Outcome) -> Batch | None:
-        """Read, look up the cache, decode, preprocess: one input, in a worker thread."""
-        from mmcli.inputs import decode_image, is_url, load_image, read_bytes
-
-        name = out.item.input
-        if self.cache is None:
-            image = load_image(name, self.options.max_pixels)  # a local file: the header is checked first
-            return self.backend.preprocess([image])
-        data = read_bytes(name) if is_url(name) else None
-        out.digest = digest_file(name) if data is None else digest_bytes(data)
-        hit = self.cache.get_many([out.digest]).get(out.digest)
-        if hit is not None:
-            import torch
-
-            out.value, out.cached = torch.from_numpy(hit), True
-            return None
-        if data is not None:
-            image = decode_image(data, self.options.max_pixels)
-        else:
-            image = load_image(name, self.options.max_pixels)
-        return self.backend.preprocess([image])
-
-    def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
-        from mmcli.errors import InputError
-
-        if out.error is None and out.item.error:
-            out.error = out.item.error
-        if out.error is not None:
-            return out, None
-        try:
-            return out, self._load(out)
-        except InputError as exc:
-            out.error = str(exc)
-        except Exception as exc:  # a preprocessing bug must not sink the batch
-            out.error = f"cannot preprocess: {exc}"
-        return out, None
-
-    def loaded(self, work: Iterable[Outcome]) -> Iterator[list[tuple[Outcome, Batch | None]]]:
-        """Batches of (outcome, preprocessed), decoded by worker threads a batch or two ahead."""
-        size = self.batch_size
-        chunks = batched(work, size)
-        if self.workers == 0:
-            for chunk in chunks:
-                start = time.perf_counter()
-                loaded = [self._load_safely(out) for out in chunk]
-                self.wait_s += time.perf_counter() - start
-                yield loaded
-            return
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmcli-load")
-        try:
-            pending: deque[list[Future[tuple[Outcome, Batch | None]]]] = deque()
-            for chunk in islice(chunks, 2):
-                pending.append([pool.submit(self._load_safely, out) for out in chunk])
-            while pending:
-                current = pending.popleft()
-                nxt = next(chunks, None)
-                if nxt is not None:
-                    pending.append([pool.submit(self._load_safely, out) for out in nxt])
-                start = time.perf_counter()
-                results = [future.result() for future in current]
-                self.wait_s += time.perf_counter() - start
-                yield results
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def forward(
-        self, work: Iterable[Outcome], fn: Callable[[Batch, int], Sequence[Any]]
-    ) -> Iterator[list[Outcome]]:
-        """Batches of outcomes in input order: ``fn(collated, n)`` gives one value per decoded image."""
-        for batch in self.loaded(work):
-            todo = [(out, data) for out, data in batch if out.error is None and data is not None]
-            if todo:
-                start = time.perf_counter()
-                values = self.with_backoff(fn, [data for _, data in todo])
-                self.compute_s += time.perf_counter() - start
-                for (out, _), value in zip(todo, values, strict=True):
-                    out.value = value
-            yield [out for out, _ in batch]
-
-    def with_backoff(self, fn: Callable[[Batch, int], Sequence[Any]], parts: list[Batch]) -> list[Any]:
-        """Run ``fn`` on the collated parts, halving the batch on out-of-memory (see Backoff)."""
-        return self.backoff.run(lambda chunk: list(fn(self.backend.collate(chunk), len(chunk))), parts)
-
-    def encode_images(self, work: Iterable[Outcome]) -> Iterator[list[Outcome]]:
-        """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order; cached
-        embeddings are used as they are and new ones are stored."""
-        for batch in self.forward(work, lambda collated, _n: list(self.backend.encode_images(collated))):
-            if self.cache is not None:
-                fresh = {
-                    out.digest: out.value.numpy()
-                    for out in batch
-                    if out.digest and out.value is not None and not out.cached
-                }
-                if fresh:
-                    self.cache.put_many(fresh)
-            yield batch
-
-
-class Backoff:
-    """Out-of-memory back-off, for the local engine and each Ray actor: on out-of-memory halve the batch
-    and retry, then remember the smaller size for the rest of the run. One image that does not fit is fatal."""
-
-    def __init__(
-        self, warn: Callable[[str], None] | None = None, device: Any = None, hint: str | None = None
-    ):
-        self.limit = 1 << 30
-        self.warn = warn
-        self.device = device
-        self.hint = hint or "try --dtype fp16, --quantize 4bit, --device-map auto, or a smaller model"
-
-    def run(self, fn: Callable[[list[Batch]], list[Any]], parts: list[Batch]) -> list[Any]:
-        from mmcli import runtime
-
-        if len(parts) > self.limit:
-            half = self.limit
-            return self.run(fn, parts[:half]) + self.run(fn, parts[half:])
-        try:
-            return fn(parts)
-        except Exception as exc:
-            if not runtime.is_out_of_memory(exc):
-                raise
-            if self.device is not None:
-                runtime.free_memory(self.device)
-            if len(parts) == 1:
-                raise MmcliError(f"out of memory on {self.device} with a single image", self.hint) from exc
-            self.limit = len(parts) // 2
-            if self.warn is not None:
-                self.warn(f"out of memory with a batch of {len(parts)}: retrying in batches of {self.limit}")
-            return self.run(fn, parts)
-
-
-def digest_bytes(data: bytes) -> str:
-    """The embedding cache's content hash (mmcli.cache.digest_bytes, without importing sqlite here)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def digest_file(path: str) -> str:
-    """digest_bytes of a file's content, read in chunks (a huge file never sits in memory). The checks
-    load_image makes (regular file, not empty, readable) come first, with the same messages."""
-    from mmcli.errors import InputError
-    from mmcli.inputs import check_regular_file, describe_error
-
-    digest = hashlib.blake2b(digest_size=16)
-    try:
-        check_regular_file(path)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise InputError(describe_error(exc)) from exc
-    return digest.hexdigest()
-
 
 def record_key(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
-
-
-def weights_stamp(directory: str) -> list[tuple[str, int, int]]:
-    """Name, size and mtime of a local checkpoint's weight files: retrained weights miss the cache."""
-    stamp = []
-    try:
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and entry.is_file():
-                st = entry.stat()
-                stamp.append((entry.name, st.st_size, st.st_mtime_ns))
-    except OSError:
-        pass
-    return stamp
