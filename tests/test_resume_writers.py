@@ -319,7 +319,7 @@ def test_parquet_is_written_in_row_groups(tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr("mmcli.resume.ROW_GROUP", 4)
+    monkeypatch.setattr("mmcli.formats.ROW_GROUP", 4)
     out = tmp_path / "out.parquet"
     run("parquet", out, make(10))
     assert pq.ParquetFile(out).num_row_groups == 3
