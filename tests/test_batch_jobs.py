@@ -106,6 +106,25 @@ def test_kill_9_then_the_same_command_gives_exactly_the_uninterrupted_records(
     same_records(records(out), reference)
 
 
+def test_kill_9_with_a_json_array_output_resumes_from_its_journal(
+    many_images: Path, tiny_clip: Path, tmp_path: Path, reference: list[dict]
+) -> None:
+    out = tmp_path / "out.json"
+    journal = tmp_path / "out.json.partial.jsonl"
+    args = classify_args(many_images, tiny_clip, out, "--batch-size", "1", "--workers", "1")
+    proc = start(args, tmp_path / "cache")
+    wait_for_lines(journal, 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and 20 <= len(records(journal)) < 160
+    result = run_mmcli(*args, env={"MMCLI_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.code == 3, result.stderr
+    same_records(json.loads(out.read_text()), reference)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == [
+        "out.json"
+    ]  # no journal, no lock
+
+
 def test_sigterm_finishes_the_batch_writes_it_and_exits_143(
     many_images: Path, tiny_clip: Path, tmp_path: Path, reference: list[dict]
 ) -> None:
