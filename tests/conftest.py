@@ -10,9 +10,10 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,3 +125,33 @@ def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmcli.testing_gen import build_llava
 
     return build_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from a second thread, and lose 5-10x when the CPU is shared
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in the generative test modules)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoint: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A backend per kind (the requesting module's ``checkpoint`` fixture builds it), loaded once through the
+    registry, as ``--model <dir>`` loads it."""
+    from mmcli import registry, runtime
+    from mmcli.backends.base import LoadOptions
+
+    loaded: dict[str, Any] = {}
+
+    def get(kind: str) -> Any:
+        if kind not in loaded:
+            spec = registry.resolve(str(checkpoint(kind)))
+            loaded[kind] = registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions())
+        return loaded[kind]
+
+    return get

@@ -9,7 +9,8 @@ forward passes of the model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ from mmcli import registry, runtime
 from mmcli.backends import vlm
 from mmcli.backends.base import GenerateOptions, LoadOptions
 from mmcli.errors import DeviceError, UsageError
+from tests import vlm_common as common
+from tests.vlm_common import GREEDY
 
 KINDS = ["blip2-opt", "blip2-t5", "llava", "llava-next"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILY = {"blip2-opt": "blip2", "blip2-t5": "blip2", "llava": "llava", "llava-next": "llava"}
-GREEDY = GenerateOptions(max_new_tokens=12)
 # Prompts of different lengths; None is the family's caption prompt.
 PROMPTS = [None, "what?", "how many dogs are in this picture?", "is it red?"]
 LABELS = ["cat", "a red car", "x", "two small dogs", "the sea"]
@@ -53,15 +56,6 @@ def build(kind: str, directory: Path) -> Path:
     return builders[kind](directory)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from a second thread, and lose 5-10x when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     built: dict[str, Path] = {}
@@ -74,31 +68,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     return get
 
 
-@pytest.fixture(scope="module")
-def backend(checkpoint: Callable[[str], Path]) -> Callable[[str], Any]:
-    """A backend per kind, loaded once through the registry, as `--model <dir>` would."""
-    loaded: dict[str, Any] = {}
-
-    def get(kind: str) -> Any:
-        if kind not in loaded:
-            spec = registry.resolve(str(checkpoint(kind)))
-            loaded[kind] = registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions())
-        return loaded[kind]
-
-    return get
-
-
-def one_at_a_time(model: Any, prompts: list[str | None], options: GenerateOptions = GREEDY) -> list[str]:
-    return [
-        model.generate(model.preprocess([img]), [p], options)[0]
-        for img, p in zip(IMAGES, prompts, strict=False)
-    ]
-
-
-def batched(model: Any, prompts: list[str | None], options: GenerateOptions = GREEDY) -> list[str]:
-    batch = model.collate([model.preprocess([img]) for img in IMAGES[: len(prompts)]])
-    out: list[str] = model.generate(batch, prompts, options)
-    return out
+one_at_a_time = functools.partial(common.one_at_a_time, images=IMAGES)
+batched = functools.partial(common.batched, images=IMAGES)
 
 
 # -- loading ----------------------------------------------------------------------------------------------

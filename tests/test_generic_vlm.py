@@ -13,7 +13,8 @@ and loaded through ``registry.create_backend``, as ``--model <dir>`` would. Refe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from mmcli import registry, runtime
 from mmcli.backends import generic
 from mmcli.backends.base import GenerateOptions, LoadOptions
 from mmcli.errors import DeviceError
+from tests import vlm_common as common
+from tests.vlm_common import GREEDY
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "idefics2", "idefics3", "gemma3"]
-GREEDY = GenerateOptions(max_new_tokens=12)
+pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = [None, "what?", "how many dogs are in this picture?", "is it red?", "x"]
 LABELS = ["cat", "a red car", "x", "two small dogs", "the sea"]
 
@@ -41,14 +44,6 @@ def image(seed: int) -> Image.Image:
 
 
 IMAGES = [image(seed) for seed in range(5)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -74,30 +69,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
     return get
 
 
-@pytest.fixture(scope="module")
-def backend(checkpoint: Callable[[str], Path]) -> Callable[[str], Any]:
-    loaded: dict[str, Any] = {}
-
-    def get(kind: str) -> Any:
-        if kind not in loaded:
-            spec = registry.resolve(str(checkpoint(kind)))
-            loaded[kind] = registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions())
-        return loaded[kind]
-
-    return get
-
-
-def one_at_a_time(model: Any, prompts: list[str | None], options: GenerateOptions = GREEDY) -> list[str]:
-    return [
-        model.generate(model.preprocess([img]), [p], options)[0]
-        for img, p in zip(IMAGES, prompts, strict=False)
-    ]
-
-
-def batched(model: Any, prompts: list[str | None], options: GenerateOptions = GREEDY) -> list[str]:
-    batch = model.collate([model.preprocess([img]) for img in IMAGES[: len(prompts)]])
-    out: list[str] = model.generate(batch, prompts, options)
-    return out
+one_at_a_time = functools.partial(common.one_at_a_time, images=IMAGES)
+batched = functools.partial(common.batched, images=IMAGES)
 
 
 # -- loading ----------------------------------------------------------------------------------------------
