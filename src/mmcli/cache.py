@@ -56,6 +56,23 @@ def digest_bytes(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def digest_file(path: str) -> str:
+    """digest_bytes of a file's content, read in chunks (a huge file never sits in memory). The checks
+    load_image makes (regular file, not empty, readable) come first, with the same messages."""
+    from mmcli.errors import InputError
+    from mmcli.inputs import check_regular_file, describe_error
+
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        check_regular_file(path)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(describe_error(exc)) from exc
+    return digest.hexdigest()
+
+
 def _kind(exc: BaseException) -> str:
     """'busy' (wait and retry), 'corrupt' (move the file aside) or 'fatal' (disable the cache)."""
     code = getattr(exc, "sqlite_errorcode", None)

@@ -6,7 +6,6 @@ worker threads a batch or two ahead of the model, batch, run the model with out-
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import deque
@@ -78,6 +77,8 @@ class Loader:
         if self.cache is None:
             image = load_image(name, self.options.max_pixels)  # a local file: the header is checked first
             return self.backend.preprocess([image])
+        from mmcli.cache import digest_bytes, digest_file
+
         data = read_bytes(name) if is_url(name) else None
         out.digest = digest_file(name) if data is None else digest_bytes(data)
         hit = self.cache.get_many([out.digest]).get(out.digest)
@@ -199,28 +200,6 @@ class Backoff:
             if self.warn is not None:
                 self.warn(f"out of memory with a batch of {len(parts)}: retrying in batches of {self.limit}")
             return self.run(fn, parts)
-
-
-def digest_bytes(data: bytes) -> str:
-    """The embedding cache's content hash (mmcli.cache.digest_bytes, without importing sqlite here)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def digest_file(path: str) -> str:
-    """digest_bytes of a file's content, read in chunks (a huge file never sits in memory). The checks
-    load_image makes (regular file, not empty, readable) come first, with the same messages."""
-    from mmcli.errors import InputError
-    from mmcli.inputs import check_regular_file, describe_error
-
-    digest = hashlib.blake2b(digest_size=16)
-    try:
-        check_regular_file(path)
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise InputError(describe_error(exc)) from exc
-    return digest.hexdigest()
 
 
 def weights_stamp(directory: str) -> list[tuple[str, int, int]]:
