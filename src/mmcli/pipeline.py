@@ -23,7 +23,17 @@ from mmcli.loader import Backoff, Loader, Outcome, weights_stamp
 from mmcli.output import Record, Writer, choose_format, open_writer
 from mmcli.progress import Reporter
 
-__all__ = ["Backoff", "CommonOptions", "Job", "Outcome", "StopRun", "Task", "error_record", "record_key"]
+__all__ = [
+    "Backoff",
+    "CommonOptions",
+    "Job",
+    "Outcome",
+    "StopRun",
+    "Task",
+    "error_record",
+    "keyed",
+    "record_key",
+]
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
@@ -277,8 +287,7 @@ class Job(Loader):
         for held in out.before:
             writer.keep(held)
         failed = next((r for r in records if "error" in r), None)
-        for i, record in enumerate(records):
-            key = out.keys[i] if i < len(out.keys) else (out.keys[0] if out.keys else None)
+        for key, record in keyed(records, out.keys):
             if key is not None:
                 if key in writer.done and "error" not in record:
                     writer.keep(key)
@@ -429,6 +438,13 @@ class Job(Loader):
             raise KeyboardInterrupt
         self.stop_signal = name
         self.reporter.warn(f"{name}: finishing the current batch, then stopping (Ctrl-C again to stop now)")
+
+
+def keyed(records: list[Record], keys: list[str]) -> Iterator[tuple[str | None, Record]]:
+    """An input's records with their resume keys: one key per part, in order; the single error record of a
+    many-part input (vqa) takes the first. No keys (output to stdout): None."""
+    for i, record in enumerate(records):
+        yield (keys[i] if i < len(keys) else (keys[0] if keys else None)), record
 
 
 def record_key(text: str) -> str:

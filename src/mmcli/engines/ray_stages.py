@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmcli.errors import InputError, MmcliError
-from mmcli.pipeline import Backoff
+from mmcli.pipeline import Backoff, keyed
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Batch
@@ -202,8 +202,7 @@ def output_rows(batch: dict[str, np.ndarray], done: frozenset[str]) -> dict[str,
             records = [{"input": os.fsdecode(name), "error": str(error)}]
         else:
             records = json.loads(recs)
-        for i, record in enumerate(records):
-            key = keys[i] if i < len(keys) else (keys[0] if keys else None)
+        for i, (key, record) in enumerate(keyed(records, keys)):
             if key is not None:
                 if key in done and "error" not in record:
                     continue
