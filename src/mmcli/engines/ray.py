@@ -66,10 +66,13 @@ class _Where:
 
 
 class _NoWriter:
-    """Stands in for the Job's writer when Ray's workers write the output directory themselves."""
+    """Stands in for the Job's writer when Ray's workers write the output directory themselves: its ``done``
+    is the keys already in the directory, so ``Job.pending`` skips finished inputs as it does locally."""
 
-    keyed = False
-    done: frozenset[str] = frozenset()
+    keyed = True
+
+    def __init__(self, done: set[str]) -> None:
+        self.done = done
 
     def keep(self, key: str) -> None:
         pass
@@ -306,21 +309,15 @@ def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
 # -- output written by the workers to a directory URL ------------------------------------------------------
 def write_directory(ray: Any, job: Job, inputs: Sequence[str], plan: Plan, url: str) -> None:
     from mmcli.engines import ray_stages as stages
-    from mmcli.pipeline import Outcome
 
-    job._writer = cast(Any, _NoWriter())  # Ray writes; Job.finish closes nothing
     overwrite = job.options.overwrite
     done = set() if overwrite else stages.written_keys(url)
-    identity = job.identity()
+    job._writer = cast(Any, _NoWriter(done))  # Ray writes; Job.finish closes nothing
     rows: list[dict[str, Any]] = []
     partly_done: set[str] = set()
-    for item in job.items(inputs):
-        keys = job.keys_for(item.input, identity)
-        if item.error is None and keys and all(k in done for k in keys):
-            job.reporter.input_skipped()
-            continue
-        partly_done.update(k for k in keys if k in done)
-        rows.append(row_for(len(rows), Outcome(item, keys)))
+    for out in job.pending(job.items(inputs)):
+        partly_done.update(k for k in out.keys if k in done)
+        rows.append(row_for(len(rows), out))
     lines = [json.dumps(r, ensure_ascii=False) for r in leading(ray, job, plan) if r["key"] not in done]
     if not rows and not lines:
         return
