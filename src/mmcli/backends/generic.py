@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from mmcli.backends.base import Backend, Batch, GenerateOptions, LoadOptions
-from mmcli.backends.vlm import LABEL_CHUNK, generate_kwargs, model_placement, seeded, settings_for
+from mmcli.backends.vlm import LABEL_CHUNK, generate_text, model_placement, settings_for
 from mmcli.errors import MmcliError, UsageError
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
@@ -152,14 +152,7 @@ class GenericVlmBackend(Backend):
             raise UsageError(f"{len(prompts)} prompts for {len(images)} images")
         rendered = [self.render(p, options.raw_prompts) for p in prompts]
         inputs = self.inputs(images, rendered, self.tokenizer.padding_side)
-        with torch.inference_mode(), seeded(options.seed, self.device):
-            out = self.model.generate(**self.to_device(inputs), **self.generate_kwargs(options))
-        new = out[:, inputs["input_ids"].shape[1] :] if self.decoder_only else out
-        texts = self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-    def generate_kwargs(self, options: GenerateOptions) -> dict[str, Any]:
-        return generate_kwargs(options, self.pad_id)
+        return generate_text(self, inputs, options)
 
     # -- label scoring --------------------------------------------------------------------------------
     def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:

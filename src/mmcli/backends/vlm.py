@@ -102,14 +102,7 @@ class GenerativeBackend(Backend):
         rendered = [self.render(p, options.raw_prompts) for p in prompts]
         rows = [self.sequence(batch, i, self.text_ids(text)) for i, text in enumerate(rendered)]
         inputs = self.model_inputs(batch, rows, 0, count)
-        with torch.inference_mode(), seeded(options.seed, self.device):
-            out = self.model.generate(**self.to_device(inputs), **self.generate_kwargs(options))
-        new = out[:, inputs["input_ids"].shape[1] :] if self.decoder_only else out
-        texts = self.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
-        return [text.strip() for text in texts]
-
-    def generate_kwargs(self, options: GenerateOptions) -> dict[str, Any]:
-        return generate_kwargs(options, self.pad_id)
+        return generate_text(self, inputs, options)
 
     # -- label scoring --------------------------------------------------------------------------------
     def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:
@@ -198,6 +191,16 @@ class GenerativeBackend(Backend):
 
 
 # -- module helpers -----------------------------------------------------------------------------------
+def generate_text(backend: Any, inputs: dict[str, Any], options: GenerateOptions) -> list[str]:
+    """``model.generate`` on model inputs (moved to the device), only the new tokens decoded and stripped:
+    the last step of both generative families (this module's and backends/generic.py's)."""
+    with torch.inference_mode(), seeded(options.seed, backend.device):
+        out = backend.model.generate(**backend.to_device(inputs), **generate_kwargs(options, backend.pad_id))
+    new = out[:, inputs["input_ids"].shape[1] :] if backend.decoder_only else out
+    texts = backend.tokenizer.batch_decode(new.cpu(), skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
 def generate_kwargs(options: GenerateOptions, pad_id: int) -> dict[str, Any]:
     """``model.generate`` keyword arguments for mmcli's decoding options (shared by the generative families)."""
     kwargs: dict[str, Any] = {
