@@ -84,11 +84,12 @@ def llama_tokenizer() -> Any:
     return tok
 
 
-def _speak(model: Any, tokenizer: Any, projector: Any) -> None:
+def speak(model: Any, tokenizer: Any, projector: Any, language_key: str = "language_model") -> None:
     """Make a random VLM write varied text that depends on the image (see the module's docstring).
 
     Unscaled, tiny random models repeat one token whatever the image; scaling the language model's
-    matrices, the image projector and the head makes the text vary with both inputs.
+    matrices (parameters whose name holds ``language_key``), the image projector and the head makes the text
+    vary with both inputs. The head rows of every token but letters, digits and punctuation are zeroed.
     """
     import torch
 
@@ -96,7 +97,7 @@ def _speak(model: Any, tokenizer: Any, projector: Any) -> None:
     silent = [i for t, i in tokenizer.get_vocab().items() if not set(t) <= speaking]
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "language_model" in name and param.dim() == 2 and "embed" not in name:
+            if language_key in name and param.dim() == 2 and "embed" not in name:
                 param.mul_(LM_SCALE)
         for param in projector.parameters():
             param.mul_(PROJECTOR_SCALE)
@@ -184,7 +185,7 @@ def build_blip2(
         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
     )
     model = Blip2ForConditionalGeneration(config).eval()
-    _speak(model, tok, model.language_projection)
+    speak(model, tok, model.language_projection)
     out = Path(directory)
     model.save_pretrained(out)
     images = BlipImageProcessor(size={"height": image_size, "width": image_size})
@@ -247,7 +248,7 @@ def build_llava(
         image_seq_length=(image_size // patch) ** 2,
     )
     model = LlavaForConditionalGeneration(config).eval()
-    _speak(model, tok, model.model.multi_modal_projector)
+    speak(model, tok, model.model.multi_modal_projector)
     out = Path(directory)
     model.save_pretrained(out)
     images = CLIPImageProcessor(
@@ -281,7 +282,7 @@ def build_llava_next(
     grid = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
     config = LlavaNextConfig(**_llava_configs(tok, hidden, image_size, patch), image_grid_pinpoints=grid)
     model = LlavaNextForConditionalGeneration(config).eval()
-    _speak(model, tok, model.model.multi_modal_projector)
+    speak(model, tok, model.model.multi_modal_projector)
     out = Path(directory)
     model.save_pretrained(out)
     images = LlavaNextImageProcessor(

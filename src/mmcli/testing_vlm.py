@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mmcli.testing_gen import HEAD_SCALE, LETTERS, LM_SCALE, PROJECTOR_SCALE
+from mmcli.testing_gen import speak
 
 # Qwen2-VL-Instruct's chat template (Qwen/Qwen2-VL-2B-Instruct), unchanged.
 QWEN2_VL_CHAT_TEMPLATE = (
@@ -86,24 +86,6 @@ def byte_tokenizer(
     return tok
 
 
-def speak(model: Any, tokenizer: Any, language_key: str, projector: Any) -> None:
-    """Scale the language model (parameters whose name holds ``language_key``), the image projector and
-    the head, and zero the head rows of every token but letters, digits and punctuation (see testing_gen)."""
-    import torch
-
-    speaking = set(LETTERS)
-    silent = [i for t, i in tokenizer.get_vocab().items() if not set(t) <= speaking]
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if language_key in name and param.dim() == 2 and "embed" not in name:
-                param.mul_(LM_SCALE)
-        for param in projector.parameters():
-            param.mul_(PROJECTOR_SCALE)
-        head = model.get_output_embeddings()
-        head.weight.mul_(HEAD_SCALE)
-        head.weight[silent] = 0.0
-
-
 def build_qwen2_vl(
     directory: str | Path,
     *,
@@ -172,7 +154,7 @@ def build_qwen2_vl(
         tie_word_embeddings=False,
     )
     model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
-    speak(model, tok, "language_model", model.model.visual.merger)
+    speak(model, tok, model.model.visual.merger)
     out = Path(directory)
     model.save_pretrained(out)
     factor = patch * merge
@@ -285,7 +267,7 @@ def build_idefics3(
         tie_word_embeddings=False,
     )
     model = Idefics3ForConditionalGeneration(config).eval()
-    speak(model, tok, "text_model", model.model.connector)
+    speak(model, tok, model.model.connector, "text_model")
     out = Path(directory)
     model.save_pretrained(out)
     images = Idefics3ImageProcessorPil(
@@ -372,7 +354,7 @@ def build_idefics2(
         tie_word_embeddings=False,
     )
     model = Idefics2ForConditionalGeneration(config).eval()
-    speak(model, tok, "text_model", model.model.connector)
+    speak(model, tok, model.model.connector, "text_model")
     out = Path(directory)
     model.save_pretrained(out)
     images = Idefics2ImageProcessorPil(
@@ -467,7 +449,7 @@ def build_gemma3(
     projector = model.model.multi_modal_projector
     with torch.no_grad():  # initialised to zeros: the image would not reach the language model
         projector.mm_input_projection_weight.normal_(0.0, 0.02)
-    speak(model, tok, "language_model", projector)
+    speak(model, tok, projector)
     out = Path(directory)
     model.save_pretrained(out)
     images = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
