@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import common as C
 import torch
@@ -158,3 +159,51 @@ def mmcli_accuracy(
     result["classify"] = hits["classify"] / max(1, min(count, classify_count))
     log(f"  mmcli check on {count} held-out images in {time.time() - t0:.0f} s: {result}")
     return result
+
+
+def train_and_save(
+    model: torch.nn.Module,
+    processor: Any,
+    optim: torch.optim.Optimizer,
+    trainable: list[torch.nn.Parameter],
+    feats: torch.Tensor,
+    labels: Any,
+    make: Callable[[str | None, str], Example],
+    forward: Callable[..., torch.Tensor],
+    image_id: int,
+    pad_id: int,
+    args: Any,
+    rng: random.Random,
+    log: Callable[[str], None],
+    t0: float,
+    bf16: bool = False,
+) -> None:
+    """The step loop both trainers share (the four tasks drawn per example, answer-only loss, clipped
+    AdamW with the warmup-cosine schedule), then save and check through mmcli."""
+    t_train = time.time()
+    for step in range(args.steps):
+        for group in optim.param_groups:
+            group["lr"] = C.lr_at(step, args.steps, args.lr)
+        idx = [rng.randrange(len(feats)) for _ in range(args.batch)]
+        examples = []
+        for i in idx:
+            colour, shape = C.LABELS[int(labels[i])].split()
+            task = rng.choice(TASKS)
+            examples.append(make(question(task, rng), answer_text(task, colour, shape)))
+        ids, mask, targets = batch_tensors(examples, pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(model, ids, mask, feats[idx].float(), image_id)
+        loss = lm_loss(logits, targets)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optim.step()
+        if (step + 1) % 50 == 0 or step + 1 == args.steps:
+            log(
+                f"step {step + 1}/{args.steps} loss {loss.item():.4f} "
+                f"{(time.time() - t_train) / (step + 1):.3f} s/step {(time.time() - t0) / 60:.1f} min"
+            )
+    C.save(model, processor, args.out)
+    log(f"trained in {(time.time() - t0) / 60:.1f} min; saved to {args.out}")
+    mmcli_accuracy(args.out, args.check, args.check, log)
+    log(f"done in {(time.time() - t0) / 60:.1f} min")

@@ -283,31 +283,22 @@ def main() -> None:
     rng = random.Random(6)
     model.train()
     model.vision_model.eval()
-    t_train = time.time()
-    for step in range(args.steps):
-        for group in optim.param_groups:
-            group["lr"] = C.lr_at(step, args.steps, args.lr)
-        idx = [rng.randrange(len(feats)) for _ in range(args.batch)]
-        examples = []
-        for i in idx:
-            colour, shape = C.LABELS[int(labels[i])].split()
-            task = rng.choice(G.TASKS)
-            examples.append(make(G.question(task, rng), G.answer_text(task, colour, shape)))
-        ids, mask, targets = G.batch_tensors(examples, tok.pad_token_id)
-        loss = G.lm_loss(forward(model, ids, mask, feats[idx].float(), image_id), targets)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optim.step()
-        if (step + 1) % 50 == 0 or step + 1 == args.steps:
-            log(
-                f"step {step + 1}/{args.steps} loss {loss.item():.4f} "
-                f"{(time.time() - t_train) / (step + 1):.3f} s/step {(time.time() - t0) / 60:.1f} min"
-            )
-    C.save(model, processor, args.out)
-    log(f"trained in {(time.time() - t0) / 60:.1f} min; saved to {args.out}")
-    G.mmcli_accuracy(args.out, args.check, args.check, log)
-    log(f"done in {(time.time() - t0) / 60:.1f} min")
+    G.train_and_save(
+        model,
+        processor,
+        optim,
+        trainable,
+        feats,
+        labels,
+        make,
+        forward,
+        image_id,
+        tok.pad_token_id,
+        args,
+        rng,
+        log,
+        t0,
+    )
 
 
 if __name__ == "__main__":
