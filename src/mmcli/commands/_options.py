@@ -66,7 +66,7 @@ Format = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="table | jsonl | json | csv \\[default: table on a terminal, else jsonl, or from --output's extension].",
+        help="table | jsonl | json | csv | parquet (embed: also npy) \\[default: table on a terminal, else jsonl, or from --output's extension].",
         rich_help_panel=COMMON,
     ),
 ]
