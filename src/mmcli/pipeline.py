@@ -234,8 +234,10 @@ class Job(Loader):
 
     def keys_for(self, name: str, identity: str) -> list[str]:
         """Resume keys of one input's records: (path, size, mtime, model, revision, options, part)."""
+        from mmcli.inputs import is_url
+
         size = mtime = None
-        if "://" not in name:
+        if not is_url(name):
             try:
                 st = os.stat(name)
                 size, mtime = st.st_size, st.st_mtime_ns
@@ -322,7 +324,7 @@ class Job(Loader):
         task.prepare(backend)
 
         def body() -> None:
-            self._leading(backend)
+            self.write_leading(task.leading(backend))
             work = self.pending(self.items(inputs))
             if task.embeds_images:
                 stream = self.encode_images(work)
@@ -342,9 +344,6 @@ class Job(Loader):
             self.keep_held()
 
         return self.run(body, inputs)
-
-    def _leading(self, backend: Backend) -> None:
-        self.write_leading(self.task.leading(backend))
 
     def leading_key(self, record: Record) -> str:
         """The resume key of a record that belongs to no image (embed --text): the text and the identity."""
