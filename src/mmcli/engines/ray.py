@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,18 +100,8 @@ def import_ray() -> Any:
 
 
 def directory_url(output: str | None) -> str | None:
-    """``--output`` as a directory URL (``s3://bucket/dir/``, ``file:///data/out/``), or None for a file.
-
-    Also undoes what a ``pathlib.Path`` option type does to a URL (``s3:/bucket/dir``, ``file:/data``)."""
-    if not output:
-        return None
-    if "://" in output:
-        return output
-    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/(?!/)(.*)", output)
-    if match is None:
-        return None
-    scheme, rest = match.groups()
-    return f"file:///{rest}" if scheme == "file" else f"{scheme}://{rest}"
+    """``--output`` as a directory URL (``s3://bucket/dir/``, ``file:///data/out/``), or None for a file."""
+    return output if output and "://" in output else None
 
 
 def run(job: Job, inputs: Sequence[str]) -> int:
