@@ -139,11 +139,22 @@ def test_multi_label_returns_every_label_over_the_threshold(cli, tiny_siglip, im
 
 def test_labels_file_and_repeated_labels(cli, tiny_clip, image_dir, tmp_path):
     labels = tmp_path / "labels.txt"
-    labels.write_text("# animals\ncat\n\ndog\ncat\n")
+    labels.write_text("# animals\ncat\n\ndog\n")
     record = cli(
-        "classify", files(image_dir)[0], "--labels-file", labels, "--labels", "bird,cat", "--model", tiny_clip
+        "classify",
+        files(image_dir)[0],
+        "--labels-file",
+        labels,
+        "--labels",
+        "bird,fish",
+        "--model",
+        tiny_clip,
     ).jsonl()[0]
-    assert set(record["scores"]) == {"cat", "dog", "bird"}
+    assert set(record["scores"]) == {"cat", "dog", "bird", "fish"}
+    again = cli(
+        "classify", files(image_dir)[0], "--labels-file", labels, "--labels", "bird,cat", "-m", tiny_clip
+    )
+    assert again.code == 2 and "the label 'cat' is given twice" in again.stderr
 
 
 def test_label_embeddings_are_computed_once_per_run(cli, tiny_clip, image_dir, monkeypatch):

@@ -7,7 +7,9 @@ this module costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,7 @@ from mmcli import __version__
 from mmcli.errors import InputError
 
 if TYPE_CHECKING:
-    from http.client import HTTPResponse
+    from http.client import HTTPConnection, HTTPResponse
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 100_000_000
@@ -47,27 +49,74 @@ class _Transient(Exception):
         self.message = message
 
 
+class _Deadline:
+    """The end of one fetch, shared by its connections, redirects and retry.
+
+    Connections connect within the time left and are watched: the time left is checked between reads, and
+    a timer shuts the watched sockets down when the time is up, whatever urllib waits for then (headers, a
+    redirect's body, a slow trickle of bytes).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self.sockets: list[socket.socket] = []
+        self.timer = threading.Timer(seconds, self.expire)
+        self.timer.daemon = True
+
+    def left(self) -> float:
+        """Seconds left; TimeoutError when there are none."""
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            raise TimeoutError("timed out")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+        if self.expired:
+            self.expire()
+
+    def expire(self) -> None:
+        self.expired = True
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):  # the plain socket's, under any TLS: a blocked read returns
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 def fetch(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> Download:
     """GET ``url`` (redirects followed), retrying once after a short pause on a transient failure.
 
     Transient: timeouts, connection errors, HTTP 5xx and 429. Never retried: other 4xx, the size cap.
-    ``timeout`` bounds the connection and every read (seconds without data), not the whole download.
+    ``timeout`` bounds the whole fetch: connecting, every redirect, every read and the retry, which is
+    made only while time is left (so a download that timed out is not tried again).
     """
+    deadline = _Deadline(timeout)
+    deadline.timer.start()
     try:
-        return _fetch_once(url, max_bytes, timeout)
-    except _Transient:
-        time.sleep(RETRY_BACKOFF)
-    try:
-        return _fetch_once(url, max_bytes, timeout)
-    except _Transient as exc:
-        raise InputError(exc.message) from None
+        return _fetch_with_retry(url, max_bytes, deadline)
+    finally:
+        deadline.timer.cancel()
 
 
 def read_url(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
     return fetch(url, max_bytes, timeout).data
 
 
-def _fetch_once(url: str, max_bytes: int, timeout: float) -> Download:
+def _fetch_with_retry(url: str, max_bytes: int, deadline: _Deadline) -> Download:
+    try:
+        return _fetch_once(url, max_bytes, deadline)
+    except _Transient as exc:
+        if deadline.end - time.monotonic() <= RETRY_BACKOFF or deadline.expired:
+            raise InputError(exc.message) from None
+        time.sleep(RETRY_BACKOFF)
+    try:
+        return _fetch_once(url, max_bytes, deadline)
+    except _Transient as exc:
+        raise InputError(exc.message) from None
+
+
+def _fetch_once(url: str, max_bytes: int, deadline: _Deadline) -> Download:
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -77,8 +126,8 @@ def _fetch_once(url: str, max_bytes: int, timeout: float) -> Download:
             urllib.parse.quote(url, safe=URL_SAFE),
             headers={"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.8"},
         )
-        with _opener().open(request, timeout=timeout) as response:
-            data = _read_capped(response, max_bytes)
+        with _opener(deadline).open(request, timeout=deadline.left()) as response:
+            data = _read_capped(response, max_bytes, deadline)
             content_type = response.headers.get_content_type() if response.headers else ""
     except InputError:
         raise
@@ -86,24 +135,30 @@ def _fetch_once(url: str, max_bytes: int, timeout: float) -> Download:
         exc.close()
         raise _http_error(exc.code, exc.reason) from None
     except Exception as exc:
-        raise _network_error(exc, timeout) from None
+        raise _network_error(exc, deadline) from None
     if not data:
         raise InputError("the server sent an empty body")
     return Download(data, content_type)
 
 
-def _read_capped(response: HTTPResponse, max_bytes: int) -> bytes:
+def _read_capped(response: HTTPResponse, max_bytes: int, deadline: _Deadline) -> bytes:
     too_big = f"download is over the {_size(max_bytes)} limit"
     length = response.headers.get("Content-Length", "").strip()
     if length.isdigit() and int(length) > max_bytes:
         raise InputError(too_big)
     chunks: list[bytes] = []
     total = 0
-    while chunk := response.read(min(CHUNK, max_bytes + 1 - total)):
+    while True:
+        deadline.left()  # checked between reads: bytes that keep trickling in do not extend the time
+        chunk = response.read(min(CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            break
         chunks.append(chunk)
         total += len(chunk)
         if total > max_bytes:
             raise InputError(too_big)
+    if deadline.expired:  # the timer shut the socket: a body that ends at the close may be cut short
+        raise TimeoutError("timed out")
     return b"".join(chunks)
 
 
@@ -130,7 +185,7 @@ def _http_error(code: int, reason: Any) -> Exception:
     return InputError(message)
 
 
-def _network_error(exc: BaseException, timeout: float) -> Exception:
+def _network_error(exc: BaseException, deadline: _Deadline) -> Exception:
     """Map what urllib and http.client raise to a transient failure or a final InputError."""
     import http.client
     import ssl
@@ -139,8 +194,8 @@ def _network_error(exc: BaseException, timeout: float) -> Exception:
     reason: BaseException | str = exc
     if isinstance(exc, urllib.error.URLError):
         reason = exc.reason
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return _Transient(f"download timed out after {timeout:g} s")
+    if deadline.expired or isinstance(reason, (TimeoutError, socket.timeout)):
+        return _Transient(f"download timed out after {deadline.seconds:g} s")
     if isinstance(reason, ssl.SSLError):
         detail = getattr(reason, "verify_message", None) or reason.reason or str(reason)
         return InputError(f"TLS error: {detail}")
@@ -169,9 +224,12 @@ def _strerror(exc: BaseException | str) -> str:
     return text or type(exc).__name__
 
 
-def _opener() -> Any:
-    """An opener that follows redirects to http(s) only (urllib would also follow one to ftp://)."""
+def _opener(deadline: _Deadline) -> Any:
+    """An opener whose connections the deadline bounds, and that follows redirects to http(s) only
+    (urllib would also follow one to ftp://)."""
     import urllib.request
+
+    http_class, https_class = _connection_classes(deadline)
 
     class RedirectHandler(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
@@ -179,4 +237,28 @@ def _opener() -> Any:
                 raise InputError(f"redirected to a URL that is not http(s): {newurl}")
             return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-    return urllib.request.build_opener(RedirectHandler())
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(http_class, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            return self.do_open(https_class, req)
+
+    return urllib.request.build_opener(RedirectHandler(), HTTPHandler(), HTTPSHandler())
+
+
+def _connection_classes(deadline: _Deadline) -> tuple[type[HTTPConnection], type[HTTPConnection]]:
+    """http.client connections that connect within the time left and put their socket under watch."""
+    import http.client
+
+    class HTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.timeout = deadline.left()
+            super().connect()
+            deadline.watch(self.sock)
+
+    class HTTPSConnection(HTTPConnection, http.client.HTTPSConnection):
+        pass  # HTTPConnection.connect's super() is HTTPSConnection.connect: TLS included
+
+    return HTTPConnection, HTTPSConnection

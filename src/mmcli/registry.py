@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from mmcli.errors import CapabilityError, UnknownModelError, UsageError, explain_load_error
+from mmcli.errors import CapabilityError, ModelLoadError, UnknownModelError, UsageError, explain_load_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,8 +154,26 @@ def _read_hub_config(repo_id: str, revision: str | None) -> dict[str, Any]:
         path = hf_hub_download(repo_id, "config.json", revision=revision)
     except Exception as exc:
         raise explain_load_error(exc, repo_id) from exc
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
+    return read_config_json(Path(path))
+
+
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``config.json``: a JSON object in UTF-8, else a one-line load error naming the file."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(
+            f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object ({{...}}) of settings")
+    model_type = data.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ModelLoadError(f"{path}: model_type is not a string: {json.dumps(model_type)}")
     return data
 
 
@@ -189,8 +207,7 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
         config_file = path / "config.json"
         if not config_file.is_file():
             raise UsageError(f"{name} is a directory but holds no config.json (not a saved model)")
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_config_json(config_file)
         model_type = config.get("model_type")
         return ModelSpec(
             name=name,

@@ -1,26 +1,67 @@
-"""Scoring: prompt templates, softmax / sigmoid, top-k, thresholds, cosine ranking."""
+"""Scoring: prompt templates, softmax / sigmoid, top-k, thresholds, cosine ranking.
+
+torch is imported inside the functions that compute, so the commands can check templates before it loads.
+"""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mmcli.errors import UsageError
-from mmcli.registry import load_config
+from mmcli.registry import ModelSpec, configs_dir, family_entry, load_config, model_type_entry
+
+if TYPE_CHECKING:
+    import torch
+
+BRACES = "write {{ and }} for a literal brace"
 
 
 def ensemble_templates(name: str) -> list[str]:
+    """The templates of ``--ensemble NAME`` (configs/templates.toml), each checked like a --template."""
     ensembles = load_config("templates.toml").get("ensembles", {})
     if name not in ensembles:
         raise UsageError(f"unknown --ensemble {name!r}; known: {', '.join(sorted(ensembles))}")
-    return list(ensembles[name]["templates"])
+    where = f"--ensemble {name} ({configs_dir() / 'templates.toml'}): template"
+    templates = ensembles[name].get("templates") if isinstance(ensembles[name], dict) else None
+    if not isinstance(templates, list) or not templates:
+        raise UsageError(f"{where}s: none listed")
+    return [check_template(t, where) for t in templates]
 
 
-def check_template(template: str) -> str:
-    if "{}" not in template:
-        raise UsageError(f'--template {template!r} has no "{{}}" where the label goes')
+def check_question_template(spec: ModelSpec) -> None:
+    """The template a generative model's config puts questions through ("Question: {} Answer:")."""
+    settings = family_entry(spec.family) | model_type_entry(spec.model_type) | spec.options
+    if "question_template" in settings:
+        where = f"the question_template of {spec.name} (configs/models.toml)"
+        check_template(settings["question_template"], where, "question")
+
+
+def check_template(template: object, where: str = "--template", what: str = "label") -> str:
+    """A prompt template: text with exactly one ``{}``, where the label goes; ``{{`` and ``}}`` are braces."""
+    if not isinstance(template, str):
+        raise UsageError(f"{where} {template!r} is not text")
+    try:
+        fields = [
+            (name, spec, conv)
+            for _, name, spec, conv in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise UsageError(f"{where} {template!r} is not a valid template: {exc} ({BRACES})") from None
+    if not fields:
+        raise UsageError(f'{where} {template!r} has no "{{}}" where the {what} goes')
+    if len(fields) > 1:
+        raise UsageError(
+            f'{where} {template!r} has {len(fields)} places in braces; it takes exactly one "{{}}", where '
+            f"the {what} goes ({BRACES})"
+        )
+    if fields[0] != ("", "", None):
+        raise UsageError(
+            f'{where} {template!r}: write the {what}\'s place as "{{}}", with nothing inside the braces '
+            f"({BRACES})"
+        )
     return template
 
 
@@ -30,6 +71,8 @@ def label_embeddings(encode_texts: Any, labels: Sequence[str], templates: Sequen
     With several templates each label's normalised embeddings are averaged and normalised again (the
     CLIP paper's prompt ensembling).
     """
+    import torch
+
     texts = [t.format(label) for label in labels for t in templates]
     emb = encode_texts(texts).reshape(len(labels), len(templates), -1)
     if len(templates) == 1:
@@ -48,6 +91,8 @@ def label_probabilities(
 
     SigLIP: each label on its own, sigmoid(scale*cosine + bias).
     """
+    import torch
+
     logits = logit_scale * (image_emb @ text_emb.T)
     if scoring == "sigmoid":
         return torch.sigmoid(logits + logit_bias)
@@ -65,6 +110,8 @@ def cosine_ranking(
     queries: torch.Tensor, targets: torch.Tensor, top_k: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query row, the target indices and cosine scores in descending order."""
+    import torch
+
     sims = queries @ targets.T
     k = sims.shape[1] if top_k is None else min(top_k, sims.shape[1])
     scores, index = torch.topk(sims, k=k, dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,23 +16,63 @@ from mmcli.pipeline import CommonOptions, Job, Outcome, Task
 
 COLUMNS = ["input", "label", "score", "scores", "labels", "question", "model", "error"]
 TABLE_COLUMNS = ["input", "label", "score", "scores"]
+DEFAULT_TEMPLATE = "a photo of a {}."
+# A "#" at the start of a line starts a comment; in a labels file also one after whitespace ("cat  # pet").
+FULL_LINE_COMMENT = re.compile(r"^\s*#.*")
+COMMENT = re.compile(r"(^|\s)#.*")
 
 
 def parse_labels(labels: list[str] | None, labels_file: Path | None) -> list[str]:
-    """--labels a,b (repeatable) and --labels-file (one per line, # comments), de-duplicated in order."""
-    found: list[str] = []
-    for chunk in labels or []:
-        found += [part.strip() for part in chunk.split(",")]
+    """--labels a,b (repeatable) and --labels-file (one per line, # comments); each label once."""
+    found = [part.strip() for chunk in labels or [] for part in chunk.split(",")]
     if labels_file is not None:
-        try:
-            text = labels_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--labels-file {labels_file}: {exc.strerror or exc}") from exc
-        found += [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
-    unique = list(dict.fromkeys(label for label in found if label))
-    if not unique:
+        found += read_list_file(labels_file, "--labels-file", "labels", COMMENT)
+    found = [label for label in found if label]
+    if not found:
         raise UsageError("no labels: pass --labels cat,dog or --labels-file FILE")
-    return unique
+    refuse_duplicates(found, "label")
+    return found
+
+
+def read_list_file(path: Path, option: str, what: str, comment: re.Pattern[str]) -> list[str]:
+    """The entries of a list file, one per line: UTF-8 text (a BOM is dropped), blank lines and
+    ``comment`` matches left out. A file with no entries, or that is not UTF-8, is a usage error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from exc
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at, line = bom + exc.start, data[: bom + exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"{option} {path} is not UTF-8 text: byte 0x{data[at]:02x} at offset {at} (line {line}); "
+            "save it as UTF-8"
+        ) from None
+    entries = [comment.sub("", line).strip() for line in text.splitlines()]
+    if not any(entries):
+        raise UsageError(f"{option} {path} holds no {what}, only blank lines and # comments")
+    return [entry for entry in entries if entry]
+
+
+def refuse_duplicates(items: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise UsageError(f"the {what} {item!r} is given twice")
+        seen.add(item)
+
+
+def prompt_templates(template: str | None, ensemble: str | None) -> list[str] | None:
+    """The checked templates of --template or --ensemble; None: the model's own."""
+    from mmcli import tasks
+
+    if template is not None and ensemble is not None:
+        raise UsageError("--template and --ensemble cannot be used together")
+    if ensemble is not None:
+        return tasks.ensemble_templates(ensemble)
+    return None if template is None else [tasks.check_template(template)]
 
 
 @with_common_options
@@ -41,12 +83,19 @@ def classify(
         typer.Option("--labels", "-l", help="Comma-separated labels; repeatable.", show_default=False),
     ] = None,
     labels_file: Annotated[
-        Path | None, typer.Option("--labels-file", help="A file with one label per line.")
+        Path | None,
+        typer.Option(
+            "--labels-file",
+            help='A UTF-8 file with one label per line; "#" at the start or after a space starts a comment.',
+        ),
     ] = None,
     template: Annotated[
         str | None,
         typer.Option(
-            "--template", "-t", help='Prompt template, "{}" is the label (default: the model\'s own).'
+            "--template",
+            "-t",
+            help='Prompt template with one "{}" where the label goes; {{ and }} are literal braces '
+            "(default: the model's own).",
         ),
     ] = None,
     ensemble: Annotated[
@@ -80,21 +129,25 @@ def classify(
 
     Example: mmcli classify photos/ --labels cat,dog,bird --top-k 2
     """
-    from mmcli import registry
+    from mmcli import registry, tasks
 
     label_list = parse_labels(labels, labels_file)
-    if template is not None and ensemble is not None:
-        raise UsageError("--template and --ensemble cannot be used together")
+    prompt_templates(template, ensemble)  # a bad template fails before the model resolves
+    if question is not None and not question.strip():
+        raise UsageError("--question is empty; leave it out for the model's own question")
     spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
     task: Task
     if {"encode_image", "encode_text"} <= spec.capabilities:
         if question is not None:
             raise UsageError("--question is for generative models; contrastive models use --template")
-        task = ContrastiveClassify(label_list, template, ensemble, top_k, multi_label, threshold)
+        task = ContrastiveClassify(
+            label_list, template, ensemble, top_k, multi_label, threshold, spec.template
+        )
     else:
         registry.require(spec, {"score_text"}, "classify")
         if template is not None or ensemble is not None:
             raise UsageError("--template and --ensemble are for contrastive models; use --question")
+        tasks.check_question_template(spec)
         task = GenerativeClassify(label_list, question, top_k, multi_label, threshold)
     return Job(task, common, spec).execute(inputs)
 
@@ -138,10 +191,17 @@ class ContrastiveClassify(_Classify):
         top_k: int | None,
         multi_label: bool,
         threshold: float,
+        default_template: str | None = None,
     ) -> None:
+        from mmcli import tasks
+
         super().__init__(labels, top_k, multi_label, threshold)
         self.template = template
         self.ensemble = ensemble
+        where = "the model's template (configs/models.toml)"
+        self.templates = prompt_templates(template, ensemble) or [
+            tasks.check_template(default_template or DEFAULT_TEMPLATE, where)
+        ]
         self.text_emb: Any = None
         self.scale: Any = None
         self.bias: Any = None
@@ -153,11 +213,8 @@ class ContrastiveClassify(_Classify):
     def prepare(self, backend: Any) -> None:
         from mmcli import tasks
 
-        if self.ensemble is not None:
-            templates = tasks.ensemble_templates(self.ensemble)
-        else:
-            templates = [tasks.check_template(self.template or backend.spec.template or "a photo of a {}.")]
-        self.text_emb = tasks.label_embeddings(backend.encode_texts, self.labels, templates)  # once per run
+        # once per run, whatever the number of images
+        self.text_emb = tasks.label_embeddings(backend.encode_texts, self.labels, self.templates)
         self.scale, self.bias, self.scoring = backend.logit_scale, backend.logit_bias, backend.scoring
 
     def records(self, done: list[Outcome]) -> list[list[Record]]:

@@ -50,6 +50,8 @@ def compare(
 
     if bool(text) == bool(against):
         raise UsageError("give either --text (search images by text) or --against (find look-alikes)")
+    if any(not t.strip() for t in text or []):
+        raise UsageError("--text is empty: give the text to search for")
     if common.engine != "local":
         raise UsageError(
             "--engine ray does not run compare: it ranks across every input at once", "use --engine local"

@@ -34,6 +34,8 @@ def embed(
     """
     if not inputs and not text and not common.manifest:
         raise UsageError("nothing to embed: give image inputs, --manifest and/or --text")
+    if any(not t.strip() for t in text or []):
+        raise UsageError("--text is empty: give the text to embed")
     images = bool(inputs) or bool(common.manifest)
     task = Embed(list(text or []), images)
     job = Job(task, common)

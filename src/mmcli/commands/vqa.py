@@ -10,6 +10,7 @@ import typer
 
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
 from mmcli.commands._options import Inputs, with_common_options
+from mmcli.commands.classify import FULL_LINE_COMMENT, read_list_file, refuse_duplicates
 from mmcli.errors import UsageError
 from mmcli.output import Record
 from mmcli.pipeline import CommonOptions, Job, Outcome, Task
@@ -19,16 +20,14 @@ TABLE_COLUMNS = ["input", "question", "answer"]
 
 
 def parse_questions(questions: list[str] | None, questions_file: Path | None) -> list[str]:
+    """--question (repeatable) and --questions-file (one per line; lines starting with # are comments)."""
     found = [q.strip() for q in questions or []]
     if questions_file is not None:
-        try:
-            text = questions_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--questions-file {questions_file}: {exc.strerror or exc}") from exc
-        found += [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
+        found += read_list_file(questions_file, "--questions-file", "questions", FULL_LINE_COMMENT)
     found = [q for q in found if q]
     if not found:
         raise UsageError('no question: pass --question "What color is it?" or --questions-file FILE')
+    refuse_duplicates(found, "question")  # one record (and resume key) per image and question
     return found
 
 
@@ -40,7 +39,11 @@ def vqa(
         typer.Option("--question", "-Q", help="A question; repeatable.", show_default=False),
     ] = None,
     questions_file: Annotated[
-        Path | None, typer.Option("--questions-file", help="A file with one question per line.")
+        Path | None,
+        typer.Option(
+            "--questions-file",
+            help='A UTF-8 file with one question per line; lines starting with "#" are comments.',
+        ),
     ] = None,
     max_new_tokens: MaxNewTokens = 30,
     num_beams: NumBeams = 1,
@@ -55,9 +58,13 @@ def vqa(
 
     Example: mmcli vqa photo.jpg --question "How many people are there?" --model llava-1.5-7b
     """
+    from mmcli import registry, tasks
+
     questions = parse_questions(question, questions_file)
     options: Any = generate_options(max_new_tokens, num_beams, sample, temperature, top_p, seed)
-    return Job(Vqa(questions, options), common).execute(inputs)
+    spec = registry.resolve(common.model or registry.default_model("vqa"), common.revision)
+    tasks.check_question_template(spec)
+    return Job(Vqa(questions, options), common, spec).execute(inputs)
 
 
 class Vqa(Task):
