@@ -73,7 +73,7 @@ def test_caption_sidecars_are_written_beside_each_image(cli, tiny_llava, tmp_pat
         text = (tmp_path / f"{name}.txt").read_text()
         assert text == captions[str(tmp_path / f"{name}{'.jpg' if name == 'one' else '.png'}")] + "\n"
     assert not (tmp_path / "bad.txt").exists()
-    assert not list(tmp_path.glob(".mmcli-*"))  # no temporary files left behind
+    assert not list(tmp_path.glob(".mmcli-*.tmp"))  # no temporary files left behind
 
 
 def test_seeded_sampling_is_reproducible(cli, tiny_llava, image_dir):

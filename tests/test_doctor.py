@@ -37,6 +37,7 @@ def test_json_has_every_section(cli, home):
         "path": str(home / "cache"),
         "exists": False,
         "size_bytes": None,
+        "from": "MMCLI_CACHE_DIR",
     }
     assert "HF_HOME" in report["environment"] and "CUDA_VISIBLE_DEVICES" in report["environment"]
     assert report["environment"]["MMCLI_CACHE_DIR"] == str(home / "cache")

@@ -34,13 +34,32 @@ def solid(path: Path) -> Path:
     return path
 
 
+EMPTY = "no path or URL (empty, null or missing)"
+
+
+def listed(manifest: Path) -> list[str]:
+    """What each row became: its input, or "<where>: <error>" for a bad row (every row is one or the other)."""
+    prefix = f"{manifest} "
+    return [
+        f"{item.input[len(prefix) :]}: {item.error}" if item.input.startswith(prefix) else item.input
+        for item in expand_manifest(str(manifest))
+    ]
+
+
 # -- the three formats ---------------------------------------------------------------------------------------
 def test_parquet(tmp_path: Path) -> None:
     manifest = write_parquet(
         tmp_path / "m.parquet",
         {"id": [1, 2, 3, 4], "path": ["a.png", None, "", "https://example.com/b.jpg"]},
     )
-    assert list(read_manifest(str(manifest))) == [str(tmp_path / "a.png"), "https://example.com/b.jpg"]
+    assert listed(manifest) == [
+        str(tmp_path / "a.png"),
+        f"row 2: {EMPTY}",
+        f"row 3: {EMPTY}",
+        "https://example.com/b.jpg",
+    ]
+    with pytest.raises(UsageError, match="row 2: no path or URL"):
+        list(read_manifest(str(manifest)))
 
 
 def test_parquet_read_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +81,13 @@ def test_jsonl_and_ndjson(tmp_path: Path) -> None:
     ]
     for name in ("m.jsonl", "m.NDJSON"):
         manifest = write_jsonl(tmp_path / name, rows)
-        assert list(read_manifest(str(manifest))) == ["/abs/a.png", str(tmp_path / "rel" / "b.png")]
+        assert listed(manifest) == [
+            "/abs/a.png",
+            f"line 2: {EMPTY}",
+            f"line 3: {EMPTY}",
+            f"line 4: {EMPTY}",
+            str(tmp_path / "rel" / "b.png"),
+        ]
 
 
 def test_jsonl_blank_lines_skipped(tmp_path: Path) -> None:
@@ -75,7 +100,13 @@ def test_csv_with_bom_quotes_and_short_rows(tmp_path: Path) -> None:
         '\ufeffid, Image ,label\n1,/a.png,cat\n2,,dog\n3\n4,"/with,comma.png",x\n5,"/new\nline.png",y\n',
         encoding="utf-8",
     )
-    assert list(read_manifest(str(tmp_path / "m.csv"))) == ["/a.png", "/with,comma.png", "/new\nline.png"]
+    assert listed(tmp_path / "m.csv") == [
+        "/a.png",
+        f"line 3: {EMPTY}",
+        f"line 4: {EMPTY}",
+        "/with,comma.png",
+        "/new\nline.png",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -116,7 +116,8 @@ def test_pulled_model_runs_offline(hub, tmp_path, image_dir):
     again = run_mmcli("pull", REPO, env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert again.code == 0 and "already in the cache" in again.stderr
     missing = run_mmcli("pull", "acme/other", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
-    assert missing.code == 2 and "HF_HUB_OFFLINE" in missing.stderr
+    assert missing.code == 1 and "HF_HUB_OFFLINE" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 # -- nothing to download (in process: no network involved) ------------------------------------------------

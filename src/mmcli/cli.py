@@ -6,9 +6,12 @@ each command imports them inside its body.
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -49,14 +52,37 @@ def root(
     """Zero-shot multimodal models from the command line."""
 
 
-app.command("classify")(classify)
-app.command("caption")(caption)
-app.command("vqa")(vqa)
-app.command("embed")(embed)
-app.command("compare")(compare)
-app.command("models")(models)
-app.command("doctor")(doctor)
-app.command("pull")(pull)
+class StdoutClosed(Exception):
+    """The reader of stdout went away. Not an OSError: click turns an EPIPE OSError into exit status 1."""
+
+
+def _pipe_guard(command: Callable[..., int]) -> Callable[..., int]:
+    """Pass an EPIPE out of ``command`` as StdoutClosed, which main() turns into exit status 141."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> int:
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise StdoutClosed from exc
+            raise
+
+    return guarded
+
+
+COMMANDS: list[tuple[str, Callable[..., int]]] = [
+    ("classify", classify),
+    ("caption", caption),
+    ("vqa", vqa),
+    ("embed", embed),
+    ("compare", compare),
+    ("models", models),
+    ("doctor", doctor),
+    ("pull", pull),
+]
+for _name, _command in COMMANDS:
+    app.command(_name)(_pipe_guard(_command))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     except MmcliError as exc:
         sys.stderr.write(f"mmcli: error: {exc}\n")
         code = exc.exit_code
-    except BrokenPipeError:
+    except (BrokenPipeError, StdoutClosed):
         # The reader went away (`mmcli ... | head`): stop quietly, as other Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -90,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"mmcli: internal error: {type(exc).__name__}: {exc}\n")
         sys.stderr.write("  (set MMCLI_DEBUG=1 for the traceback, and please report it)\n")
         code = EXIT_FATAL
+    resume = sys.modules.get("mmcli.resume")
+    if resume is not None:
+        resume.release_held()  # output locks of a run that stopped before writing
     status = code if isinstance(code, int) else 0
     if argv is None and "torch" in sys.modules:
         _exit_now(status)

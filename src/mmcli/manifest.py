@@ -7,7 +7,7 @@ line. ``mmcli.inputs.read_manifest`` and ``expand_manifest`` are the public name
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -31,8 +31,9 @@ def read_manifest(path: str) -> Iterator[str]:
 
     The format comes from the extension: ``.parquet`` (read in record batches; needs pyarrow, the
     ``parquet`` extra), ``.jsonl`` / ``.ndjson`` (one JSON object per line) or ``.csv`` (a header row).
-    The input column is the first present of path, url, input, image, file, filename (any case). Empty
-    and null cells are skipped. URLs and absolute paths are kept as they are; relative paths resolve
+    Each row's input is its first cell, of the columns path, url, input, image, file, filename (in that
+    order, any case), that is not empty, null or missing; a row with none is a bad row, so every row
+    yields one input or one error. URLs and absolute paths are kept as they are; relative paths resolve
     against the manifest's directory, not the current one.
 
     A bad manifest (missing, unknown format, no input column, pyarrow missing) raises UsageError at once;
@@ -69,7 +70,8 @@ def expand_manifest(path: str) -> Iterator[Item]:
 
 
 def _manifest_rows(path: str) -> Iterator[str | _BadRow]:
-    """Resolved inputs (non-empty cells) and bad rows; the manifest itself is checked before returning."""
+    """One resolved input or one bad row per row (blank lines are not rows); the manifest itself is
+    checked before returning."""
     kind = MANIFEST_FORMATS.get(os.path.splitext(path)[1].lower())
     if kind is None:
         raise UsageError(
@@ -91,25 +93,26 @@ def _manifest_rows(path: str) -> Iterator[str | _BadRow]:
         for cell in cells:
             if isinstance(cell, _BadRow):
                 yield cell
-            elif cell and cell.strip():
+            else:
                 yield cell if is_url(cell) or os.path.isabs(cell) else os.path.join(base, cell)
 
     return resolved()
 
 
-def _input_column(names: Sequence[str], path: str) -> str:
+def _input_columns(names: Sequence[str], path: str) -> list[str]:
+    """The known input columns the manifest has, in order of preference (the first spelling of each)."""
     lowered = {str(name).strip().lower(): name for name in reversed(names)}
-    for wanted in MANIFEST_COLUMNS:
-        if wanted in lowered:
-            return lowered[wanted]
-    raise UsageError(
-        f"manifest {path} has no input column (columns found: {', '.join(map(str, names)) or 'none'})",
-        f"name the column of paths or URLs one of: {', '.join(MANIFEST_COLUMNS)}",
-    )
+    found = [lowered[wanted] for wanted in MANIFEST_COLUMNS if wanted in lowered]
+    if not found:
+        raise UsageError(
+            f"manifest {path} has no input column (columns found: {', '.join(map(str, names)) or 'none'})",
+            f"name the column of paths or URLs one of: {', '.join(MANIFEST_COLUMNS)}",
+        )
+    return found
 
 
-def _cell(value: object, where: str) -> str | _BadRow | None:
-    if value is None or isinstance(value, str):
+def _cell(value: object, where: str) -> str | _BadRow:
+    if isinstance(value, str):
         return value
     if isinstance(value, bytes):
         return os.fsdecode(value)
@@ -118,7 +121,19 @@ def _cell(value: object, where: str) -> str | _BadRow | None:
     return _BadRow(where, f"not a path or URL: {value!r:.60}")
 
 
-def _parquet_cells(path: str) -> Iterator[str | _BadRow | None]:
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, str | bytes) and not value.strip())
+
+
+def _pick(values: Iterable[object], where: str) -> str | _BadRow:
+    """A row's input: its first input cell that is not empty, null or missing; else a bad row."""
+    for value in values:
+        if not _empty(value):
+            return _cell(value, where)
+    return _BadRow(where, "no path or URL (empty, null or missing)")
+
+
+def _parquet_cells(path: str) -> Iterator[str | _BadRow]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -127,43 +142,49 @@ def _parquet_cells(path: str) -> Iterator[str | _BadRow | None]:
         ) from None
     try:
         parquet = pq.ParquetFile(path, pre_buffer=False)  # no read-ahead: memory stays about one row group
-        column = _input_column(parquet.schema_arrow.names, path)
+        columns = _input_columns(parquet.schema_arrow.names, path)
     except UsageError:
         raise
     except Exception as exc:
         raise UsageError(f"cannot read manifest {path}: {exc}") from exc
 
-    def cells() -> Iterator[str | _BadRow | None]:
+    def cells() -> Iterator[str | _BadRow]:
         row = 0
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[column]):
-            for value in batch.column(0).to_pylist():
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            for values in zip(*(batch.column(i).to_pylist() for i in range(len(columns))), strict=True):
                 row += 1
-                yield _cell(value, f"row {row}")
+                yield _pick(values, f"row {row}")
 
     return cells()
 
 
-def _csv_cells(f: IO[str], path: str) -> Iterator[str | _BadRow | None]:
+def _csv_cells(f: IO[str], path: str) -> Iterator[str | _BadRow]:
     import csv
 
     reader = csv.reader(f)
     try:
         header = next(reader, [])
-        index = header.index(_input_column(header, path))
+        indexes = [header.index(name) for name in _input_columns(header, path)]
     except BaseException:
         f.close()
         raise
 
-    def cells() -> Iterator[str | None]:
+    def cells() -> Iterator[str | _BadRow]:
         with f:
+            start = reader.line_num + 1
             for fields in reader:
-                yield fields[index] if index < len(fields) else None
+                if fields:  # a blank line is not a row
+                    values = (fields[i] if i < len(fields) else None for i in indexes)
+                    yield _pick(values, f"line {start}")
+                start = reader.line_num + 1
 
     return cells()
 
 
-def _jsonl_cells(f: IO[str], path: str) -> Iterator[str | _BadRow | None]:
-    """The column is chosen from the first object; lines before it that are not objects are kept as bad rows."""
+def _jsonl_cells(f: IO[str], path: str) -> Iterator[str | _BadRow]:
+    """Each object's input is the first of the known columns it sets (so rows may differ: some ``url``,
+    some ``path``). The first object must have one of them; lines before it that are not objects are
+    kept as bad rows."""
     import json
 
     def parse(number: int, line: str) -> dict | _BadRow | None:
@@ -186,20 +207,28 @@ def _jsonl_cells(f: IO[str], path: str) -> Iterator[str | _BadRow | None]:
                 if len(before) > 1000:
                     raise UsageError(f"manifest {path} is not JSON lines (no JSON object in its first lines)")
             elif parsed is not None:
-                column, first = _input_column(list(parsed), path), (number, parsed)
+                column, first = _input_columns(list(parsed), path)[0], (number, parsed)
                 break
     except BaseException:
         f.close()
         raise
 
-    def cells() -> Iterator[str | _BadRow | None]:
+    def row(number: int, obj: dict) -> str | _BadRow:
+        value = obj.get(column)
+        if not _empty(value):  # the usual case: the first object's column
+            return _cell(value, f"line {number}")
+        lowered = {str(key).strip().lower(): key for key in reversed(list(obj))}
+        return _pick((obj[lowered[c]] for c in MANIFEST_COLUMNS if c in lowered), f"line {number}")
+
+    def cells() -> Iterator[str | _BadRow]:
         with f:
             yield from before
             if first is None or column is None:
                 return
-            yield _cell(first[1].get(column), f"line {first[0]}")
+            yield row(*first)
             for number, line in lines:
                 parsed = parse(number, line)
-                yield parsed if not isinstance(parsed, dict) else _cell(parsed.get(column), f"line {number}")
+                if parsed is not None:
+                    yield row(number, parsed) if isinstance(parsed, dict) else parsed
 
     return cells()

@@ -8,8 +8,11 @@ exactly the records of one uninterrupted run.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,12 +195,79 @@ def ids_path_for(npy_path: str) -> str:
     return base + ".ids.jsonl"
 
 
-def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwrite: bool = False) -> Writer:
-    """A writer for ``fmt``: to stdout when ``output`` is None or "-", else a keyed, resumable file writer
-    (``overwrite`` starts the file afresh instead)."""
-    to_file = bool(output) and output != "-"
-    if fmt in FILE_ONLY and not to_file:
-        raise UsageError(f"--format {fmt} needs --output FILE.{fmt} (a {fmt} file is not for a terminal)")
+def is_stream(output: str | None) -> bool:
+    """A stdout-like --output, written straight through with no resume and no lock: none or "-", a
+    terminal or other character device, a FIFO or pipe, a socket, /dev/fd/N (/proc), or the very file that
+    stdout or stderr already is (``-o /dev/stdout > out.jsonl``)."""
+    if not output or output == "-":
+        return True
+    if "://" in output:
+        return False  # a directory URL: the Ray engine's
+    try:
+        st = os.stat(output)
+    except OSError:
+        st = None
+    if st is not None:
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            return True
+        if any(_same_file(st, fd) for fd in (1, 2)):
+            return True
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    return parent == "/proc" or parent.startswith("/proc/")
+
+
+def _same_file(st: os.stat_result, fd: int) -> bool:
+    try:
+        other = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (other.st_dev, other.st_ino)
+
+
+def unwritable(output: str, exc: OSError) -> UsageError:
+    """One line for an --output that cannot be created or opened (or its lock or journal)."""
+    name = os.fsdecode(exc.filename) if exc.filename else output
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENXIO and stat.S_ISFIFO(_mode(output)):
+        reason = "nothing is reading this FIFO"
+    return UsageError(f"--output {output}: cannot write {name}: {reason}")
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _open_stream(output: str | None) -> IO[bytes]:
+    """sys.stdout when ``output`` is stdout itself, else the device, FIFO or descriptor, opened to append.
+    A FIFO is opened without blocking: no reader is an error, never a hang."""
+    if not output or output == "-":
+        return sys.stdout.buffer
+    try:
+        st = os.stat(output)
+        if _same_file(st, sys.stdout.fileno()):
+            return sys.stdout.buffer
+    except (OSError, ValueError):
+        pass  # sys.stdout without a descriptor (captured): not the same
+    try:
+        if stat.S_ISFIFO(_mode(output)):
+            fd = os.open(output, os.O_WRONLY | os.O_NONBLOCK)
+            os.set_blocking(fd, True)
+            return open(fd, "wb")
+        return open(output, "ab")
+    except OSError as exc:
+        raise unwritable(output, exc) from None
+
+
+def _check_target(fmt: str, output: str | None) -> bool:
+    """The checks that need no writing; True when ``output`` is stdout-like (see ``is_stream``)."""
+    stream = is_stream(output)
+    if fmt in FILE_ONLY and stream:
+        raise UsageError(
+            f"--format {fmt} needs --output FILE.{fmt} (a {fmt} file is not for a terminal or pipe)"
+        )
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -205,32 +275,73 @@ def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwri
             raise UsageError(
                 "--format parquet needs pyarrow", "install it with: pip install 'mmcli[parquet]'"
             ) from None
-    if not to_file:
-        stream = sys.stdout.buffer
+    if stream:
+        return True
+    assert output is not None
+    path = Path(output)
+    if not path.parent.exists():
+        raise UsageError(f"--output {output}: the directory {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise UsageError(f"--output {output}: {path.parent} is not a directory")
+    if path.is_dir():
+        raise UsageError(f"--output {output} is a directory; name a file")
+    return False
+
+
+def preflight(fmt: str, output: str | None, *, urls: bool = False) -> None:
+    """open_writer's checks before any weights load: the format fits the output, the file can be written,
+    and no other mmcli writes it. The file's lock is taken now and held (``resume.hold_lock``) until the
+    writer takes it over, so a second mmcli on the same --output stops here. ``urls``: a directory URL is
+    the Ray engine's to check."""
+    if output and "://" in output:
+        if urls:
+            return
+        raise UsageError(f"--output {output}: a URL is written by --engine ray only; name a local file")
+    if _check_target(fmt, output):
+        if output and output != "-" and not os.path.exists(output):  # /proc/..., /dev/fd/N not open
+            raise unwritable(output, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), output))
+        return  # opening a FIFO or device has effects (a reader sees EOF): left to open_writer
+    if fmt == "table":
+        return
+    assert output is not None
+    from mmcli import resume
+
+    try:
+        resume.hold_lock(output)
+        if os.path.exists(output):
+            open(output, "ab").close()  # writable? (appending nothing changes nothing)
+    except OSError as exc:
+        raise unwritable(output, exc) from exc
+
+
+def open_writer(fmt: str, output: str | None, columns: Sequence[str], *, overwrite: bool = False) -> Writer:
+    """A writer for ``fmt``: to stdout (or a stdout-like ``output``, see ``is_stream``), else a keyed,
+    resumable file writer (``overwrite`` starts the file afresh instead). A file that cannot be created or
+    opened is a UsageError of one line."""
+    if _check_target(fmt, output):
+        stream = _open_stream(output)
         if fmt == "jsonl":
             return JsonlWriter(stream)
         if fmt == "json":
             return JsonWriter(stream)
         if fmt == "csv":
             return CsvWriter(stream, columns)
-        return TableWriter(stream, columns, to_terminal=sys.stdout.isatty())
+        return TableWriter(stream, columns, to_terminal=stream.isatty())
     assert output is not None
-    path = Path(output)
-    if not path.parent.exists():
-        raise UsageError(f"--output {output}: the directory {path.parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"--output {output} is a directory; name a file")
-    if fmt == "table":
-        return TableWriter(open(output, "wb"), columns, to_terminal=False)
     from mmcli import resume
 
-    lock = resume.OutputLock(output)
     try:
-        if overwrite:
-            resume.remove_outputs(output, fmt)
-        writer = resume.open_file_writer(fmt, output, columns)
-    except BaseException:
-        lock.release()
-        raise
+        if fmt == "table":
+            return TableWriter(open(output, "wb"), columns, to_terminal=False)
+        lock = resume.take_lock(output)
+        try:
+            if overwrite:
+                resume.remove_outputs(output, fmt)
+            writer = resume.open_file_writer(fmt, output, columns)
+        except BaseException:
+            lock.release()
+            raise
+    except OSError as exc:
+        raise unwritable(output, exc) from exc
     writer.lock = lock
     return writer

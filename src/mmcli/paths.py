@@ -27,3 +27,15 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         return Path(explicit).expanduser()
     value = os.environ.get("MMCLI_CACHE_DIR", "")
     return Path(value).expanduser() if value else _xdg("XDG_CACHE_HOME", ".cache") / "mmcli"
+
+
+def cache_dir_in_force(configured: str | None = None) -> tuple[Path, str]:
+    """The embedding cache a run uses without --cache-dir, and what chose it: "config" (the config
+    file's [defaults] cache_dir, given as ``configured``; it fills --cache-dir, so it wins over the
+    environment), "MMCLI_CACHE_DIR", "XDG_CACHE_HOME" or "default"."""
+    if configured:
+        return cache_dir(configured), "config"
+    for variable in ("MMCLI_CACHE_DIR", "XDG_CACHE_HOME"):
+        if os.environ.get(variable, ""):
+            return cache_dir(), variable
+    return cache_dir(), "default"

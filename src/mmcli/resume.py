@@ -14,6 +14,7 @@ os.replace). A FILE left by an earlier complete run is read back into a fresh jo
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -76,6 +77,32 @@ class OutputLock:
             os.unlink(self.path)
         os.close(self.fd)
         self.fd = None
+
+
+# Locks taken before the model loads (output.preflight), waiting for their writer (take_lock). One the
+# run never got to is released when mmcli exits (cli.main, or atexit for library use).
+_HELD: dict[str, OutputLock] = {}
+
+
+def hold_lock(output: str) -> None:
+    """Take FILE.lock now (a second mmcli stops at once), for the writer opened later to take over."""
+    key = os.path.abspath(output)
+    if key not in _HELD:
+        _HELD[key] = OutputLock(output)
+
+
+def take_lock(output: str) -> OutputLock:
+    """The lock ``hold_lock`` took for ``output``, else a new one."""
+    return _HELD.pop(os.path.abspath(output), None) or OutputLock(output)
+
+
+def release_held() -> None:
+    """Release the locks no writer took over (the run stopped before writing: a bad model, ...)."""
+    while _HELD:
+        _HELD.popitem()[1].release()
+
+
+atexit.register(release_held)
 
 
 def open_file_writer(fmt: str, path: str, columns: Sequence[str]) -> Writer:

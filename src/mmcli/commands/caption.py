@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import json
 import os
-import tempfile
+import stat
+from contextlib import suppress
 from typing import Annotated, Any
 
 import typer
@@ -17,6 +21,8 @@ from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
 
 COLUMNS = ["input", "caption", "model", "prompt", "error"]
 TABLE_COLUMNS = ["input", "caption"]
+SIDECAR_RECORD = ".mmcli-sidecars.jsonl"  # per folder: the sidecars mmcli wrote there (see Sidecars)
+_LINK_UNSUPPORTED = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 
 
 def sidecar_path(image: str, extension: str) -> str:
@@ -24,18 +30,159 @@ def sidecar_path(image: str, extension: str) -> str:
     return os.path.splitext(image)[0] + "." + extension.lstrip(".")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write to a temporary file in the same directory, then rename: never a half-written sidecar."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".mmcli-", suffix=".tmp", dir=directory)
+def sidecar_extension(value: str) -> str:
+    """--sidecar, checked: a file extension that names no image (a sidecar must never replace one)."""
+    from PIL import Image
+
+    from mmcli.inputs import IMAGE_EXTENSIONS
+
+    extension = value.strip().lstrip(".")
+    if not extension.strip(".") or "/" in extension or os.sep in extension:
+        raise UsageError(f"--sidecar {value!r} is not a file extension (say txt)")
+    last = os.path.splitext("x." + extension)[1].lower()
+    if last in IMAGE_EXTENSIONS or last in Image.registered_extensions():
+        raise UsageError(f"--sidecar {value}: {last} is an image extension; sidecars are text (say txt)")
+    return extension
+
+
+class SidecarRefused(Exception):
+    """The sidecar's place is taken by a file mmcli may not replace: the input gets an error record."""
+
+
+class Sidecars:
+    """Caption files beside the images, written only where mmcli may.
+
+    A new sidecar is created atomically and never over an existing file (a temporary file hard-linked
+    into place). An existing file is replaced only when it is a sidecar mmcli wrote for the same image:
+    each folder's SIDECAR_RECORD lists, one JSON line per write, the sidecar's name, its image's name and
+    the size and hash of what was written. A file not listed, edited since, or listed for another image
+    that is still there (cat.jpg and cat.png both want cat.txt: the first wins) is left alone. Files are
+    created with the umask's permissions, as any other file.
+    """
+
+    def __init__(self, extension: str) -> None:
+        self.extension = extension
+        self.known: dict[str, dict[str, dict[str, Any]]] = {}  # folder -> sidecar name -> last entry
+
+    def write(self, image: str, text: str) -> None:
+        from mmcli.fetch import is_url
+
+        if is_url(image):
+            raise SidecarRefused("a URL has no folder to put its sidecar in")
+        path = sidecar_path(image, self.extension)
+        folder, name = os.path.split(path)
+        folder = folder or "."
+        data = (text + "\n").encode("utf-8")
+        entries = self._entries(folder)
+        replace = self._may_replace(path, entries.get(name), os.path.basename(image))
+        entry = {
+            "sidecar": name,
+            "image": os.path.basename(image),
+            "size": len(data),
+            "blake2b": _digest(data),
+        }
+        _append_line(
+            os.path.join(folder, SIDECAR_RECORD), json.dumps(entry)
+        )  # before the file: never unlisted
+        entries[name] = entry
+        _put(path, data, replace)
+
+    def _entries(self, folder: str) -> dict[str, dict[str, Any]]:
+        key = os.path.abspath(folder)
+        if key not in self.known:
+            self.known[key] = _read_record(os.path.join(folder, SIDECAR_RECORD))
+        return self.known[key]
+
+    def _may_replace(self, path: str, entry: dict[str, Any] | None, image: str) -> bool:
+        """False: nothing there. True: mmcli's own sidecar of ``image``. Else SidecarRefused."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if entry is None or not stat.S_ISREG(st.st_mode) or not _holds(path, st, entry):
+            raise SidecarRefused(
+                f"{path} exists and is not a sidecar mmcli wrote (or it was edited): left as is"
+            )
+        owner = str(entry.get("image"))
+        if owner != image and os.path.lexists(os.path.join(os.path.dirname(path), owner)):
+            raise SidecarRefused(f"{path} is already the sidecar of {owner} (same name up to the extension)")
+        return True
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _holds(path: str, st: os.stat_result, entry: dict[str, Any]) -> bool:
+    """The file still holds exactly what mmcli wrote there."""
+    if st.st_size != entry.get("size"):
+        return False
+    with open(path, "rb") as f:
+        return _digest(f.read()) == entry.get("blake2b")
+
+
+def _read_record(record: str) -> dict[str, dict[str, Any]]:
+    """The last entry of each sidecar in a folder's record (unreadable lines skipped); compacted when
+    re-runs have made it more than twice as long as it needs to be."""
+    entries: dict[str, dict[str, Any]] = {}
+    lines = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        with open(record, "rb") as f:
+            for line in f:
+                lines += 1
+                with suppress(ValueError):
+                    entry = json.loads(line)
+                    if isinstance(entry, dict) and isinstance(entry.get("sidecar"), str):
+                        entries[entry["sidecar"]] = entry
+    except FileNotFoundError:
+        return entries
+    if lines > 2 * len(entries) + 100:
+        text = "".join(json.dumps(entry) + "\n" for entry in entries.values())
+        _put(record, text.encode("ascii"), replace=True)
+    return entries
+
+
+def _append_line(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
+    with open(fd, "wb") as f:
+        f.write(line.encode("ascii") + b"\n")  # one write: appends from two processes do not mix
+
+
+def _temporary(folder: str, data: bytes) -> str:
+    """A new hidden file in ``folder`` holding ``data``, created 0666 less the umask."""
+    while True:
+        tmp = os.path.join(folder, f".mmcli-{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
             os.unlink(tmp)
-        raise
+            raise
+        return tmp
+
+
+def _put(path: str, data: bytes, replace: bool) -> None:
+    """Write ``path`` in one step (never half a file): over it when ``replace``, else only if still absent."""
+    tmp = _temporary(os.path.dirname(path) or ".", data)
+    try:
+        if replace:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)  # fails if a file appeared meanwhile
+        except FileExistsError:
+            raise SidecarRefused(f"{path} appeared while mmcli wrote it: left as is") from None
+        except OSError as exc:
+            if exc.errno not in _LINK_UNSUPPORTED or os.path.lexists(path):
+                raise
+            os.replace(tmp, path)  # a file system without hard links
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @with_common_options
@@ -54,7 +201,9 @@ def caption(
     sidecar: Annotated[
         str | None,
         typer.Option(
-            "--sidecar", help="Also write each caption beside its image, e.g. txt: cat.jpg -> cat.txt."
+            "--sidecar",
+            help="Also write each caption beside its image, e.g. txt: cat.jpg -> cat.txt "
+            "(never over a file mmcli did not write).",
         ),
     ] = None,
     *,
@@ -64,8 +213,8 @@ def caption(
 
     Example: mmcli caption photos/ --model blip2-opt-2.7b --sidecar txt
     """
-    if sidecar is not None and (not sidecar.strip(".") or "/" in sidecar):
-        raise UsageError(f"--sidecar {sidecar!r} is not a file extension (say txt)")
+    if sidecar is not None:
+        sidecar = sidecar_extension(sidecar)
     options: Any = generate_options(
         max_new_tokens, num_beams, sample, temperature, top_p, seed, raw_prompts=True
     )
@@ -82,6 +231,7 @@ class Caption(Task):
         self.prompt = prompt
         self.options = options
         self.sidecar = sidecar
+        self.sidecars = Sidecars(sidecar) if sidecar else None
         self.shown_prompt = prompt
 
     def options_key(self) -> dict[str, Any]:
@@ -97,9 +247,12 @@ class Caption(Task):
     def records(self, done: list[Outcome]) -> list[list[Record]]:
         out: list[list[Record]] = []
         for o in done:
-            if self.sidecar:
+            if self.sidecars is not None:
                 try:
-                    write_atomically(sidecar_path(o.item.input, self.sidecar), o.value)
+                    self.sidecars.write(o.item.input, o.value)
+                except SidecarRefused as exc:
+                    out.append([error_record(o.item, f"sidecar not written: {exc}")])
+                    continue
                 except OSError as exc:
                     out.append([error_record(o.item, f"cannot write the sidecar: {exc.strerror or exc}")])
                     continue

@@ -144,7 +144,9 @@ def _cache(path: Path) -> dict[str, Any]:
 
 
 def caches() -> dict[str, Any]:
-    from mmcli import paths
+    """The caches in force: the embedding cache as a run would pick it (the config file's cache_dir wins
+    over $MMCLI_CACHE_DIR), with ``from`` saying what chose it."""
+    from mmcli import paths, userconfig
 
     try:
         from huggingface_hub import constants
@@ -152,7 +154,14 @@ def caches() -> dict[str, Any]:
         hub = Path(constants.HF_HUB_CACHE)
     except ImportError:  # pragma: no cover - a dependency
         hub = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
-    return {"huggingface_hub": _cache(hub), "embeddings": _cache(paths.cache_dir())}
+    try:
+        configured = userconfig.load().defaults.get("cache_dir")
+    except UsageError:  # a broken config file: reported in the config section
+        configured = None
+    embeddings, source = paths.cache_dir_in_force(configured)
+    if source == "config":
+        source = f"config file {paths.config_file()}"
+    return {"huggingface_hub": _cache(hub), "embeddings": _cache(embeddings) | {"from": source}}
 
 
 def config() -> dict[str, Any]:
@@ -223,7 +232,8 @@ def render_text(report: dict[str, Any]) -> str:
     rows = []
     for name, cache in report["caches"].items():
         size = human_size(cache["size_bytes"]) if cache["exists"] else "not created yet"
-        rows.append((name, f"{cache['path']} ({size})"))
+        origin = f"; from {cache['from']}" if cache.get("from") else ""
+        rows.append((name, f"{cache['path']} ({size}{origin})"))
     section("Caches", rows)
     cfg = report["config"]
     rows = [("file", f"{cfg['path']} ({'found' if cfg['exists'] else 'none'})")]

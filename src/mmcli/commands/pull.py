@@ -70,6 +70,12 @@ def pull(
     reporter = Reporter(quiet or bool(userconfig.load().defaults.get("quiet", False)))
     local = _local_checkpoint(model)
     if local is not None:
+        if model not in registry.aliases():
+            registry.resolve(model)  # a directory that is no saved model: refused as --model refuses it
+        if revision is not None:
+            raise UsageError(
+                f"--revision {revision}: {model} is a local checkpoint ({local}), with no revisions"
+            )
         _result(str(local))
         reporter.warn(f"{model} is a local checkpoint ({local}): nothing to download")
         return 0
@@ -172,9 +178,9 @@ def _cached(repo_id: str, revision: str | None, allow_pickle: bool, reporter: An
     try:
         path = snapshot_download(repo_id, revision=revision, ignore_patterns=ignore, local_files_only=True)
     except Exception as exc:
-        raise UsageError(
-            f"HF_HUB_OFFLINE is set and {repo_id} is not in the cache: pull needs the hub",
-            "run `mmcli pull` without HF_HUB_OFFLINE=1 on a machine with network access",
+        where = f"{repo_id}@{revision}" if revision else repo_id
+        raise ModelLoadError(
+            f"{where} is not in the cache and HF_HUB_OFFLINE is set: pull needs the hub (unset HF_HUB_OFFLINE)"
         ) from exc
     reporter.warn(f"HF_HUB_OFFLINE is set: {repo_id} is already in the cache, nothing downloaded")
     return str(path)
