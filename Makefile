@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-ray clean
+.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-feed bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-cache: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/batch.py
+
+bench-feed: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/feed.py
 
 bench-ray: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/ray.py

@@ -27,12 +27,20 @@ import classify as base  # bench/classify.py: the model and images are shared
 MEMORY_TARGET_MB = 50.0
 
 
-def run(mmcli: str, directory: Path, model: Path, summary: Path, out: Path, *extra: str) -> dict[str, Any]:
+def run(
+    mmcli: str, directory: Path, model: Path, summary: Path, out: Path, *extra: str, source: str | None = None
+) -> dict[str, Any]:
+    """One run; ``source``: another checkout's src/ (an earlier mmcli), run with this venv's packages."""
+    env = base.child_env(2)
+    program = [mmcli]
+    if source is not None:
+        env["PYTHONPATH"] = source
+        program = [sys.executable, "-m", "mmcli"]
     cmd = [
-        mmcli, "classify", str(directory), "--labels", ",".join(base.LABELS), "--model", str(model),
+        *program, "classify", str(directory), "--labels", ",".join(base.LABELS), "--model", str(model),
         "--no-cache", "--summary-json", str(summary), "--output", str(out), "--overwrite", *extra,
     ]  # fmt: skip
-    result = base.run_timed(cmd, base.child_env(2))
+    result = base.run_timed(cmd, env)
     if result["rc"] != 0:
         raise SystemExit(f"mmcli failed ({result['rc']}): {result['stderr']}")
     facts = json.loads(summary.read_text())
@@ -75,6 +83,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--many", type=int, default=10000)
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run the prefetch case with an earlier mmcli's src/ (e.g. a git worktree), interleaved",
+    )
     args = parser.parse_args()
     out = base.OUT
     out.mkdir(parents=True, exist_ok=True)
@@ -84,11 +97,17 @@ def main() -> int:
     directory = out / f"images-{args.images}"
     summary, records = out / "batch-summary.json", out / "batch-out.jsonl"
 
-    runs: dict[str, list[dict[str, Any]]] = {"prefetch": [], "no prefetch": []}
+    cases: list[tuple[str, list[str], str | None]] = [
+        ("prefetch", [], None),
+        ("no prefetch", ["--workers", "0"], None),
+    ]
+    if args.baseline:
+        cases.append(("baseline", [], str(Path(args.baseline).resolve())))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in cases}
     for r in range(args.rounds):
-        for name, extra in (("prefetch", []), ("no prefetch", ["--workers", "0"])):
+        for name, extra, source in cases:
             base.wait_for_quiet(30)
-            fig = run(mmcli, directory, model, summary, records, *extra)
+            fig = run(mmcli, directory, model, summary, records, *extra, source=source)
             runs[name].append(fig)
             base.log(
                 f"round {r + 1} {name}: {fig['images_per_s']:.2f} images/s, waited {fig['wait_share']:.1%}, "
@@ -123,6 +142,12 @@ def main() -> int:
             f"model waited for data {fig['wait_share']:.1%} of the time"
         )
     print(f"  prefetch speed-up: {pre['images_per_s'] / nopre['images_per_s']:.2f}x")
+    if "baseline" in result:
+        ratio = pre["images_per_s"] / result["baseline"]["images_per_s"]
+        verdict = "MET" if ratio >= 0.95 else "MISSED"
+        print(
+            f"  against the baseline ({args.baseline}): {ratio:.3f}x its images/s (target >= 0.95: {verdict})"
+        )
     diff = mem_big - mem_small
     verdict = "MET" if abs(diff) <= MEMORY_TARGET_MB else "MISSED"
     print(

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 
+from mmcli import imaging
 from mmcli.errors import InputError
 from mmcli.inputs import Item, expand, load_image, read_paths, to_rgb, walk
 
@@ -270,7 +271,9 @@ def test_pixel_limit_checked_before_decoding(tmp_path: Path, monkeypatch: pytest
         raise AssertionError("pixel data decoded before the size check")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    message = error_of(path, max_pixels=1_000_000)
+    with pytest.raises(InputError) as info:  # in this process, where the patch applies
+        imaging.decode(str(path), max_pixels=1_000_000)
+    message = str(info.value)
     assert "--max-pixels" in message
     assert "10,000,000,000" in message
     assert decoded == []
@@ -331,7 +334,8 @@ def test_permission_error_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(Image, "open", refuse)
-    assert "permission denied" in error_of(path)
+    with pytest.raises(InputError, match="permission denied"):  # in this process, where the patch applies
+        imaging.decode(str(path), max_pixels=1_000_000)
 
 
 def test_directory(tmp_path: Path) -> None:
@@ -597,9 +601,11 @@ def test_stdin_is_read_lazily(tmp_path: Path) -> None:
     assert next(expand(["-"], OneLineThenFail())) == Item(first)
 
 
-def test_module_settings() -> None:
-    """Pillow's own bomb check is off (mmcli's limit replaces it) and images are never loaded leniently."""
-    assert Image.MAX_IMAGE_PIXELS is None
+def test_module_settings(tmp_path: Path) -> None:
+    """Pillow's own bomb check stays on at mmcli's limit while pixels are decoded (nested decoders see it);
+    images are never loaded leniently."""
+    imaging.decode(str(solid(tmp_path / "s.png")), max_pixels=12_345)
+    assert Image.MAX_IMAGE_PIXELS == 12_345
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 

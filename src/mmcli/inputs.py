@@ -8,20 +8,18 @@ never a crash of the batch.
 from __future__ import annotations
 
 import fnmatch
-import io
 import os
-import stat
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from mmcli.errors import InputError
 from mmcli.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch, is_url
-from mmcli.pipeline import DEFAULT_MAX_PIXELS
+from mmcli.imaging import DEFAULT_MAX_PIXELS, to_rgb
+from mmcli.imaging import check_regular_file as check_regular_file
+from mmcli.imaging import describe as describe_error
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -66,17 +64,11 @@ IMAGE_EXTENSIONS = frozenset(
         ".jp2",
         ".j2k",
         ".qoi",
+        ".psd",
+        ".icns",
     ]
 )
 GLOB_CHARS = frozenset("*?[")
-# Formats never opened: EPS is decoded by running Ghostscript on the file.
-UNSAFE_FORMATS = frozenset(["EPS"])
-ALPHA_MODES = frozenset(["RGBA", "LA", "PA", "RGBa"])
-
-# mmcli checks the pixel count itself (see load_image), with a limit the user can raise.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -263,68 +255,6 @@ def count_inputs(args: Sequence[str]) -> int | None:
         return None
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit and float scaled, transparency composited on white."""
-    if im.mode.startswith("I") or im.mode == "F":
-        im = _to_8bit_grey(im)
-    if im.mode == "La":  # premultiplied; Pillow converts it to LA only
-        im = im.convert("LA")
-    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
-        im = im.convert("RGBA")
-    if im.mode in ALPHA_MODES:
-        return _on_white(im)
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _to_8bit_grey(im: Image.Image) -> Image.Image:
-    """Integer (16/32-bit) or float greyscale to mode L, scaled rather than clipped."""
-    arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
-    if im.mode.startswith("I;16") or (im.mode == "I" and arr.size and arr.max() > 255):
-        arr = arr / 257.0
-    elif im.mode == "F" and arr.size and arr.max() <= 1.0:
-        arr = arr * 255.0
-    return Image.fromarray(np.rint(np.clip(arr, 0, 255)).astype(np.uint8))
-
-
-def _on_white(im: Image.Image) -> Image.Image:
-    rgba = im.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "no such file or directory"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied (unreadable)"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image, or a format Pillow cannot read"
-    text = str(exc)
-    if "truncated" in text.lower():
-        return "truncated image (the file ends early)"
-    if isinstance(exc, OSError):
-        return f"cannot read image: {exc.strerror or text or type(exc).__name__}"
-    return f"corrupt image: {text or type(exc).__name__}"
-
-
-def _check_regular_file(path: str) -> None:
-    """Refuse directories, FIFOs, devices and empty files before Pillow opens (or blocks on) them."""
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError("is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError("not a regular file")
-    if st.st_size == 0:
-        raise InputError("empty file")
-
-
-def _safe_formats() -> list[str]:
-    Image.init()  # registers every plugin once; later registrations (HEIF...) are picked up per call
-    return [fmt for fmt in Image.ID if fmt not in UNSAFE_FORMATS]
-
-
 def read_bytes(name: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
     """The bytes of a URL (downloaded: see ``mmcli.fetch.fetch``) or of a local regular file.
 
@@ -334,70 +264,56 @@ def read_bytes(name: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = D
     if is_url(name):
         return fetch(name, max_bytes, timeout).data
     try:
-        _check_regular_file(name)
+        check_regular_file(name)
         with open(name, "rb") as f:
             return f.read()
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(_describe(exc)) from exc
+        raise InputError(describe_error(exc)) from exc
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image file's bytes to RGB, EXIF orientation applied, first frame of animations.
+    """Decode an image file's bytes to RGB in an isolated decoder process (see ``mmcli.decoder``): EXIF
+    orientation applied, first frame of animations, the limits of ``mmcli.imaging`` checked.
 
-    Safe formats only (never EPS); the pixel count is checked against ``max_pixels`` before decoding.
     Raises InputError with a message fit for the user.
     """
     if not data:
         raise InputError("empty file")
-    return _decode(io.BytesIO(data), max_pixels)
+    from mmcli.decoder import shared
+
+    return shared().decode(data=data, max_pixels=max_pixels).image
 
 
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """``decode_image(read_bytes(path), max_pixels)``: a local file or a URL to an RGB image.
 
-    A local file is handed to Pillow as a file (read lazily, not copied into memory first).
+    A local file is read by the decoder process itself (not copied through this one first).
     Raises InputError with a message fit for the user (the caller names the file).
     """
+    from mmcli.decoder import shared
+
     if is_url(path):
         download = fetch(path)
         try:
             return decode_image(download.data, max_pixels)
         except InputError as exc:
-            kind = download.content_type
-            if "not an image" in str(exc) and kind and not kind.startswith("image/"):
-                raise InputError(f"{exc} (the server sent {kind})") from exc
-            raise
+            raise InputError(explain_download(exc, download.content_type)) from exc
     try:
-        _check_regular_file(path)
+        check_regular_file(path)
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(_describe(exc)) from exc
-    return _decode(path, max_pixels)
+        raise InputError(describe_error(exc)) from exc
+    return shared().decode(path=path, max_pixels=max_pixels).image
 
 
-def _decode(source: str | IO[bytes], max_pixels: int) -> Image.Image:
-    try:
-        with Image.open(source, formats=_safe_formats()) as im:
-            width, height = im.size
-            if width * height > max_pixels:
-                raise InputError(
-                    f"{width}x{height} = {width * height:,} pixels is over the limit of "
-                    f"{max_pixels:,} (a decompression bomb?); raise it with --max-pixels"
-                )
-            if width == 0 or height == 0:
-                raise InputError("image has no pixels")
-            im.seek(0)
-            im.load()
-            oriented = ImageOps.exif_transpose(im) or im
-            rgb = to_rgb(oriented)
-            return rgb.copy() if rgb is im else rgb  # closing ``im`` invalidates it
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(_describe(exc)) from exc
+def explain_download(exc: InputError, content_type: str) -> str:
+    """A URL that is not an image: say what the server sent instead."""
+    if "not an image" in str(exc) and content_type and not content_type.startswith("image/"):
+        return f"{exc} (the server sent {content_type})"
+    return str(exc)
 
 
 # -- manifests (the readers live in mmcli.manifest, which builds on this module) ---------------------------
@@ -419,8 +335,3 @@ def expand_manifest(path: str) -> Iterator[Item]:
     from mmcli import manifest
 
     return manifest.expand_manifest(path)
-
-
-# Public names for the pipeline's streaming content hash (it checks and reports as load_image does).
-check_regular_file = _check_regular_file
-describe_error = _describe

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from mmcli.errors import MmcliError
+from mmcli.errors import InputError, MmcliError
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
     from mmcli.cache import EmbeddingCache
+    from mmcli.decoder import Decoders
     from mmcli.inputs import Item
     from mmcli.pipeline import CommonOptions
     from mmcli.runtime import Runtime
@@ -42,6 +43,7 @@ class Outcome:
     error: str | None = None
     digest: str | None = None  # content hash, when the embedding cache is in use
     cached: bool = False
+    warning: str | None = None  # what the decoder said about the file (libtiff, Pillow), one short line
     before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
 
 
@@ -53,6 +55,7 @@ class Loader:
     runtime: Runtime
     cache: EmbeddingCache | None
     backoff: Backoff
+    decoders: Decoders
     wait_s: float
     compute_s: float
 
@@ -64,38 +67,64 @@ class Loader:
 
     @property
     def workers(self) -> int:
-        """Decoding threads; 0 decodes in the main thread, with no prefetch."""
+        """Loader threads, each with its decoder process; 0: one decoder process, no prefetch."""
         if self.options.workers is not None:
             return self.options.workers
         return min(8, max(2, os.cpu_count() or 2))
 
+    def start_decoders(self) -> Decoders:
+        """The isolated decoder processes, one per loader thread, started now (they start while the model
+        loads)."""
+        from mmcli.decoder import Decoders
+
+        self.decoders = Decoders(
+            max(1, self.workers), self.options.decode_memory, self.options.decode_timeout
+        )
+        self.decoders.start()
+        return self.decoders
+
     def _load(self, out: Outcome) -> Batch | None:
-        """Read, look up the cache, decode, preprocess: one input, in a worker thread."""
-        from mmcli.inputs import decode_image, is_url, load_image, read_bytes
+        """Read, look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread.
+
+        Every limit applies on every path: a cache hit still has its header checked (no pixels decoded)."""
+        from mmcli.inputs import check_regular_file, describe_error, fetch, is_url
 
         name = out.item.input
-        if self.cache is None:
-            image = load_image(name, self.options.max_pixels)  # a local file: the header is checked first
-            return self.backend.preprocess([image])
-        from mmcli.cache import digest_bytes, digest_file
-
-        data = read_bytes(name) if is_url(name) else None
-        out.digest = digest_file(name) if data is None else digest_bytes(data)
-        hit = self.cache.get_many([out.digest]).get(out.digest)
-        if hit is not None:
-            import torch
-
-            out.value, out.cached = torch.from_numpy(hit), True
-            return None
-        if data is not None:
-            image = decode_image(data, self.options.max_pixels)
+        path: str | None = None
+        data = content_type = None
+        if is_url(name):
+            download = fetch(name)
+            data, content_type = download.data, download.content_type
         else:
-            image = load_image(name, self.options.max_pixels)
-        return self.backend.preprocess([image])
+            try:
+                check_regular_file(name)
+            except OSError as exc:
+                raise InputError(describe_error(exc)) from exc
+            path = name
+        max_pixels = self.options.max_pixels
+        if self.cache is not None:
+            from mmcli.cache import digest_bytes, digest_file
+
+            out.digest = digest_file(name) if data is None else digest_bytes(data)
+            hit = self.cache.get_many([out.digest]).get(out.digest)
+            if hit is not None:
+                import torch
+
+                self.decoders.probe(path, data, max_pixels)
+                out.value, out.cached = torch.from_numpy(hit), True
+                return None
+        try:
+            decoded = self.decoders.decode(path, data, max_pixels)
+        except InputError as exc:
+            if content_type is None:
+                raise
+            from mmcli.inputs import explain_download
+
+            raise InputError(explain_download(exc, content_type)) from exc
+        out.warning = decoded.warning
+        return self.backend.preprocess([decoded.image])
 
     def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
-        from mmcli.errors import InputError
-
         if out.error is None and out.item.error:
             out.error = out.item.error
         if out.error is not None:

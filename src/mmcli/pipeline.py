@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mmcli import registry
 from mmcli.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mmcli.limits import DEFAULT_DECODE_MEMORY, DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS
 from mmcli.loader import Backoff, Loader, Outcome, weights_stamp
-from mmcli.output import Record, Writer, choose_format, open_writer
+from mmcli.output import Record, Writer, choose_format, open_writer, preflight
 from mmcli.progress import Reporter
 
 __all__ = [
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
     from mmcli.runtime import Runtime
 
 
-# Pillow's own hard limit (about 13,400 x 13,400 pixels); --max-pixels raises or lowers it.
-DEFAULT_MAX_PIXELS = 178_956_970
 EXIT_SIGTERM = 143
 STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -66,6 +65,8 @@ class CommonOptions:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_memory: int = DEFAULT_DECODE_MEMORY
+    decode_timeout: float = DEFAULT_DECODE_TIMEOUT
     workers: int | None = None
     null: bool = False
     device_map: str | None = None
@@ -156,6 +157,8 @@ class Job(Loader):
         self.compute_s = 0.0
         self.backend: Backend
         self.runtime: Runtime
+        # A bad --output, or another mmcli writing it, fails now: before any weights load.
+        preflight(self.format, options.output, urls=options.engine == "ray")
 
     # -- setup ---------------------------------------------------------------------------------------
     def load(self) -> Backend:
@@ -167,6 +170,7 @@ class Job(Loader):
             if registry.hub_offline(self.options.offline) and not asked:
                 self.reporter.warn("the Hugging Face hub is not reachable: using the local cache only")
         self.runtime = rt.resolve(self.options.device, self.options.dtype, self.spec.dtype)
+        self.start_decoders()  # they start while the weights load
         self.backoff.device = self.runtime.device
         opts = LoadOptions(
             allow_pickle=self.options.allow_pickle,
@@ -289,6 +293,10 @@ class Job(Loader):
         for held in out.before:
             writer.keep(held)
         failed = next((r for r in records if "error" in r), None)
+        if out.warning and failed is None:
+            for record in records:
+                record["warning"] = out.warning
+            self.reporter.warn(f"warning: {out.item.input}: {out.warning}")
         for key, record in keyed(records, out.keys):
             if key is not None:
                 if key in writer.done and "error" not in record:
@@ -388,6 +396,9 @@ class Job(Loader):
             writer.release()
         if self.cache is not None:
             self.cache.close()
+        decoders = getattr(self, "decoders", None)
+        if decoders is not None:
+            decoders.close()
         if self.stop_signal == "SIGTERM":
             status = EXIT_SIGTERM
         elif self.stop_signal:

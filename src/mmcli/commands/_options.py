@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from mmcli.pipeline import DEFAULT_MAX_PIXELS, CommonOptions
+from mmcli.errors import UsageError
+from mmcli.limits import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, parse_size
+from mmcli.pipeline import CommonOptions
 
 COMMON = "Common options"
 
@@ -120,12 +122,29 @@ MaxPixels = Annotated[
         rich_help_panel=COMMON,
     ),
 ]
+DecodeMemory = Annotated[
+    str,
+    typer.Option(
+        "--decode-memory",
+        help="Memory cap of each image decoder process, e.g. 2G or 512M; an image that needs more is an error record.",
+        rich_help_panel=COMMON,
+    ),
+]
+DecodeTimeout = Annotated[
+    float,
+    typer.Option(
+        "--decode-timeout",
+        min=0.1,
+        help="Seconds one image may take to decode before it becomes an error record.",
+        rich_help_panel=COMMON,
+    ),
+]
 Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
         min=0,
-        help="Image decoding threads; 0 decodes in the main thread, no prefetch \\[default: from the CPU count].",
+        help="Image decoder processes, each fed by a loader thread; 0: one decoder, no prefetch \\[default: from the CPU count].",
         rich_help_panel=COMMON,
     ),
 ]
@@ -231,6 +250,8 @@ _COMMON: list[tuple[str, object, object]] = [
     ("allow_pickle", AllowPickle, False),
     ("trust_remote_code", TrustRemoteCode, False),
     ("max_pixels", MaxPixels, DEFAULT_MAX_PIXELS),
+    ("decode_memory", DecodeMemory, "2G"),
+    ("decode_timeout", DecodeTimeout, DEFAULT_DECODE_TIMEOUT),
     ("workers", Workers, None),
     ("null", Null, False),
     ("device_map", DeviceMap, None),
@@ -291,6 +312,10 @@ def with_common_options(fn: Callable[..., int]) -> Callable[..., int]:
         for key in ("output", "cache_dir", "summary_json", "manifest"):
             if values[key] is not None:
                 values[key] = str(values[key])
+        try:
+            values["decode_memory"] = parse_size(str(values["decode_memory"]))
+        except ValueError as exc:
+            raise UsageError(f"--decode-memory {exc}") from None
         return fn(*args, common=CommonOptions(**values), **kwargs)
 
     command.__signature__ = signature.replace(parameters=own + extra)  # type: ignore[attr-defined]

@@ -240,7 +240,12 @@ def build(ray: Any, job: Job, rows: list[dict[str, Any]], plan: Plan) -> Any:
     if plan.local:  # else Ray logs a warning about restartable actors on stderr
         remote["max_restarts"] = 0
     ds = ray.data.from_items(rows)
-    ds = ds.map(stages.decode, fn_kwargs={"max_pixels": job.options.max_pixels})
+    limits = {
+        "max_pixels": job.options.max_pixels,
+        "memory": job.options.decode_memory,
+        "timeout": job.options.decode_timeout,
+    }
+    ds = ds.map(stages.decode, fn_kwargs=limits)
     with warnings.catch_warnings():  # Ray 2.60 deprecates passing max_restarts this way, with no other
         warnings.simplefilter("ignore")
         return ds.map_batches(

@@ -4,7 +4,7 @@ worker needs mmcli installed); nothing here imports ray at module level.
 
 Rows between stages (Ray Data blocks):
   listed   idx, name (the input as given, bytes), path (what to read, bytes), keys (JSON), error
-  decoded  + image (uint8 HWC array; empty when the row failed)
+  decoded  + image (uint8 HWC array; empty when the row failed), warning (what the decoder said, or "")
   results  idx, name, keys, records (JSON list of the input's records), error
 """
 
@@ -36,17 +36,29 @@ VECTOR_COLUMNS = frozenset({"embedding"})
 STRING_LIST_COLUMNS = frozenset({"labels"})
 
 
-def decode(row: dict[str, Any], max_pixels: int) -> dict[str, Any]:
-    """Read and decode one input with mmcli's own safe loader; a failure becomes the row's error."""
-    from mmcli.inputs import decode_image, read_bytes
+def decode(row: dict[str, Any], max_pixels: int, memory: int, timeout: float) -> dict[str, Any]:
+    """Read and decode one input in an isolated decoder process (mmcli.decoder, as locally: the same
+    limits); a failure becomes the row's error."""
+    from mmcli.decoder import shared
+    from mmcli.inputs import check_regular_file, describe_error, is_url, read_bytes
 
     out = dict(row)
     out["image"] = EMPTY_IMAGE
+    out["warning"] = ""
     if row["error"]:
         return out
     try:
-        image = decode_image(read_bytes(os.fsdecode(row["path"])), max_pixels)
-        out["image"] = np.asarray(image, dtype=np.uint8)
+        name = os.fsdecode(row["path"])
+        decoders = shared(memory, timeout)
+        if is_url(name):
+            decoded = decoders.decode(data=read_bytes(name), max_pixels=max_pixels)
+        else:  # the decoder process reads a local file itself
+            check_regular_file(name)
+            decoded = decoders.decode(path=name, max_pixels=max_pixels)
+        out["image"] = np.asarray(decoded.image, dtype=np.uint8)
+        out["warning"] = decoded.warning or ""
+    except OSError as exc:
+        out["error"] = describe_error(exc)
     except InputError as exc:
         out["error"] = str(exc)
     except Exception as exc:  # a decoder bug must not sink the block
@@ -131,7 +143,10 @@ class Predictor:
                 Outcome(Item(os.fsdecode(batch["name"][i])), value=v)
                 for i, v in zip(todo, values, strict=True)
             ]
+            warnings = [str(w) for w in batch.get("warning", [""] * n)]
             for i, produced in zip(todo, self.task.records(done), strict=True):
+                for record in produced if warnings[i] else []:
+                    record["warning"] = warnings[i]  # what the decoder said, as locally
                 records[i] = json.dumps(produced)
         return {
             "idx": batch["idx"],
