@@ -383,3 +383,20 @@ def test_out_of_range_classify_options_exit_2(cli, option: str, value: str) -> N
 def test_compare_top_k_zero_exit_2(cli) -> None:
     result = cli("compare", IMAGE, "--text", "a", "--top-k", "0", "--model", NO_MODEL)
     assert result.code == 2 and "Invalid value for '--top-k'" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["classify", IMAGE, "--bogus"], "No such option: --bogus (see mmcli classify --help)"),
+        (["classify", IMAGE, "--decode-timeout", "0"], "Invalid value for '--decode-timeout'"),
+        (["caption", IMAGE, "--num-beams", "0"], "Invalid value for '--num-beams'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+)
+def test_bad_options_are_one_line_in_a_subprocess(args: list[str], words: str) -> None:
+    args = [str(a) for a in args]
+    result = run_mmcli(*args)
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("mmcli: error: "), result.stderr
+    assert words in result.stderr

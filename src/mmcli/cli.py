@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         code = exc.exit_code
     except ClickException as exc:  # bad options, missing arguments
-        exc.show()
+        _show_usage_error(exc)
         code = EXIT_USAGE
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("mmcli: interrupted\n")
@@ -123,6 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None and "torch" in sys.modules:
         _exit_now(status)
     sys.exit(status)
+
+
+def _show_usage_error(exc: Exception) -> None:
+    """A bad option or argument as one line naming the help to read; a bare subcommand still shows its help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()  # type: ignore[attr-defined]
+        return
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path} --help" if ctx is not None else "mmcli --help"
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    sys.stderr.write(f"mmcli: error: {message} (see {where})\n")
 
 
 def _exit_now(status: int) -> None:
