@@ -283,3 +283,35 @@ def test_max_pixels_holds_on_an_embedding_cache_hit(tmp_path: Path, command: str
     errors = [r for r in records if "error" in r]
     assert len(errors) == 3 and all("--max-pixels" in r["error"] for r in errors), records
     assert second.returncode == 3
+
+
+def decoder_children() -> set[int]:
+    """This process's decoder processes that are still running (not zombies)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"mmcli.decode_worker" in command:
+            found.add(int(entry))
+    return found
+
+
+def test_no_decoder_outlives_a_run_that_failed_to_load(cli, tmp_path: Path) -> None:
+    """In-process runs (tests, the Python API) leave no decoder behind, also when the model cannot load."""
+    before = decoder_children()
+    model = tmp_path / "broken"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "clip"}')  # no weights: the load fails
+    result = cli("classify", good_file(tmp_path), "--model", model, "--labels", "a,b")
+    assert result.code == 1, result.stderr
+    ok = cli("classify", good_file(tmp_path), "--model", "shapes-clip", "--labels", "a,b", "-f", "jsonl")
+    assert ok.code == 0, ok.stderr
+    time.sleep(0.5)
+    assert decoder_children() - before == set()

@@ -83,6 +83,11 @@ class Loader:
         self.decoders.start()
         return self.decoders
 
+    def close_decoders(self) -> None:
+        decoders = getattr(self, "decoders", None)
+        if decoders is not None:
+            decoders.close()
+
     def _load(self, out: Outcome) -> Batch | None:
         """Read, look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread.
 

@@ -171,17 +171,21 @@ class Job(Loader):
                 self.reporter.warn("the Hugging Face hub is not reachable: using the local cache only")
         self.runtime = rt.resolve(self.options.device, self.options.dtype, self.spec.dtype)
         self.start_decoders()  # they start while the weights load
-        self.backoff.device = self.runtime.device
-        opts = LoadOptions(
-            allow_pickle=self.options.allow_pickle,
-            trust_remote_code=self.options.trust_remote_code,
-            offline=self.options.offline,
-            device_map=self.options.device_map,
-            quantize=self.options.quantize,
-        )
-        self.backend = registry.create_backend(self.spec, self.runtime, opts)
-        if self.task.embeds_images and not self.options.no_cache:
-            self.cache = self._open_cache()
+        try:
+            self.backoff.device = self.runtime.device
+            opts = LoadOptions(
+                allow_pickle=self.options.allow_pickle,
+                trust_remote_code=self.options.trust_remote_code,
+                offline=self.options.offline,
+                device_map=self.options.device_map,
+                quantize=self.options.quantize,
+            )
+            self.backend = registry.create_backend(self.spec, self.runtime, opts)
+            if self.task.embeds_images and not self.options.no_cache:
+                self.cache = self._open_cache()
+        except BaseException:
+            self.close_decoders()  # a failed load leaves no process behind
+            raise
         return self.backend
 
     def _open_cache(self) -> EmbeddingCache:
@@ -329,7 +333,11 @@ class Job(Loader):
             return run_on_ray(self, inputs)
         task = self.task
         backend = self.load()
-        task.prepare(backend)
+        try:
+            task.prepare(backend)
+        except BaseException:
+            self.close_decoders()
+            raise
 
         def body() -> None:
             self.write_leading(task.leading(backend))
@@ -383,6 +391,9 @@ class Job(Loader):
         except KeyboardInterrupt:
             self.stop_signal = self.stop_signal or "SIGINT"
             self.reporter.warn("interrupted; records written so far are kept")
+        except BaseException:
+            self.close_decoders()  # a fatal error: no decoder process outlives the run
+            raise
         finally:
             self._restore_signal_handlers(previous)
         return self.finish()
@@ -396,9 +407,7 @@ class Job(Loader):
             writer.release()
         if self.cache is not None:
             self.cache.close()
-        decoders = getattr(self, "decoders", None)
-        if decoders is not None:
-            decoders.close()
+        self.close_decoders()
         if self.stop_signal == "SIGTERM":
             status = EXIT_SIGTERM
         elif self.stop_signal:
