@@ -33,6 +33,12 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     monkeypatch.setenv("MMCLI_CONFIG", str(config))
 
 
+@pytest.fixture(autouse=True)
+def pillow_limit_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that decode in this process (mmcli.imaging) set Pillow's global pixel limit: undo it after each."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mmcli.testing import build_clip
