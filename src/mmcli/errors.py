@@ -5,6 +5,8 @@ Library code raises these; only ``mmcli.cli.main`` turns them into a message and
 
 from __future__ import annotations
 
+import re
+
 # Exit statuses, documented in the README and tested in a subprocess.
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -88,8 +90,22 @@ def explain_load_error(exc: BaseException, name: str) -> MmcliError:
         )
     if cls in ("ConnectionError", "ConnectTimeout", "ReadTimeout", "HfHubHTTPError"):
         return ModelLoadError(
-            f"could not reach the Hugging Face hub for {name}: {text.splitlines()[0] if text else cls}",
+            f"could not reach the Hugging Face hub for {name}: {first_sentence(text) or cls}",
             "check the network, or use --offline with a cached model",
         )
-    first = text.strip().splitlines()[0] if text.strip() else cls
-    return ModelLoadError(f"could not load {name}: {first}")
+    return ModelLoadError(f"could not load {name}: {first_sentence(text) or cls}")
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])|\n\s*\n")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text``, whole even where it runs over line breaks, on one line.
+
+    A sentence ends at ``.``, ``!`` or ``?`` followed by space and a capital (so ``e.g. a`` and
+    ``config.json`` do not end one), or at a blank line; text without an end is kept whole.
+    """
+    stripped = text.strip()
+    match = SENTENCE_END.search(stripped)
+    sentence = stripped[: match.start()] if match else stripped
+    return " ".join(sentence.split())

@@ -1,6 +1,7 @@
 """Resolve a model name (alias | hub id | local directory) to a ModelSpec, and create its backend lazily.
 
-Everything model-specific is data in ``configs/models.toml``; nothing here branches on a model's name.
+Everything model-specific is data in ``configs/models.toml``; nothing here branches on a model's name. A
+checkpoint whose model type has no line there runs on what transformers knows about it (``family_of``).
 """
 
 from __future__ import annotations
@@ -105,16 +106,99 @@ def default_model(task: str) -> str:
     return name
 
 
-def _family_of_model_type(model_type: str | None, where: str) -> str:
+def family_of(config: dict[str, Any], where: str) -> str:
+    """The family that runs a checkpoint, from its ``config.json``.
+
+    configs/models.toml's [model_types] first (families with their own fast path: BLIP-2, LLaVA); else what
+    transformers knows: a model it maps to image-text-to-text runs on the generic ``vlm`` backend, one whose
+    model class has both ``get_image_features`` and ``get_text_features`` on the contrastive ``clip`` one.
+    The checkpoint's ``architectures`` decide before its model type (a BLIP checkpoint may be a captioner or
+    a retrieval model). An unknown model type whose ``auto_map`` names a generative class runs its own code.
+    """
+    model_type = config.get("model_type")
     entry = model_type_entry(model_type)
-    if "family" not in entry:
-        known = ", ".join(sorted(models_table().get("model_types", {})))
+    if "family" in entry:
+        family: str = entry["family"]
+        return family
+    found = _family_from_transformers(config)
+    if found:
+        return found
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and auto_map:
+        if any(name in auto_map for name in REMOTE_GENERATIVE):
+            return "vlm"
         raise UsageError(
-            f"{where}: mmcli does not know the model type {model_type!r}",
-            f"supported model types: {known}",
+            f"{where}: the model type {model_type!r} runs only on its own code ({', '.join(sorted(auto_map))}), "
+            "which mmcli cannot drive",
+            "mmcli runs remote code that loads as AutoModelForImageTextToText or AutoModelForCausalLM",
         )
-    family: str = entry["family"]
-    return family
+    raise UsageError(
+        f"{where}: mmcli does not know the model type {model_type!r}: transformers maps it neither to "
+        "image-text-to-text nor to a model with image and text features",
+        "supported model types: those the installed transformers runs as image-text-to-text or as contrastive "
+        f"image-text models; with their own backend: {', '.join(sorted(_configured()))}",
+    )
+
+
+REMOTE_GENERATIVE = ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM")
+
+
+def _configured() -> list[str]:
+    table: dict[str, Any] = models_table().get("model_types", {})
+    return [name for name, entry in table.items() if "family" in entry]
+
+
+def _family_from_transformers(config: dict[str, Any]) -> str | None:
+    """``vlm`` or ``clip`` from transformers' auto mappings (imported here only: a fallback that loads torch)."""
+    usable_torchvision()
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    generative = dict(modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    generative.update(getattr(modeling_auto, "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES", {}))
+    classes = {name for value in generative.values() for name in _names(value)}
+
+    def contrastive(name: str) -> bool:
+        cls = getattr(transformers, name, None)
+        return hasattr(cls, "get_image_features") and hasattr(cls, "get_text_features")
+
+    architectures = config.get("architectures")
+    for arch in architectures if isinstance(architectures, list) else []:
+        if arch in classes:
+            return "vlm"
+        if isinstance(arch, str) and contrastive(arch):
+            return "clip"
+    model_type = config.get("model_type")
+    if model_type in generative:
+        return "vlm"
+    base = modeling_auto.MODEL_MAPPING_NAMES.get(model_type or "")
+    if base is not None and any(contrastive(name) for name in _names(base)):
+        return "clip"
+    return None
+
+
+def _names(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [name for name in value if isinstance(name, str)]
+
+
+def usable_torchvision() -> None:
+    """Make transformers see no torchvision when it is installed but does not import (a build for another
+    torch): transformers would otherwise try it and fail on every model. Call before transformers loads."""
+    import importlib.util
+
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None  # type: ignore[assignment]  # find_spec now says: not installed
+        if "transformers" in sys.modules:
+            from transformers.utils import import_utils
+
+            for check in ("is_torchvision_available", "is_torchvision_v2_available"):
+                getattr(getattr(import_utils, check, None), "cache_clear", lambda: None)()
 
 
 def hub_offline(force: bool = False) -> bool:
@@ -211,7 +295,7 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
         model_type = config.get("model_type")
         return ModelSpec(
             name=name,
-            family=_family_of_model_type(model_type, name),
+            family=family_of(config, name),
             checkpoint=str(path),
             revision=None,
             model_type=model_type,
@@ -222,7 +306,7 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
         model_type = config.get("model_type")
         return ModelSpec(
             name=name,
-            family=_family_of_model_type(model_type, name),
+            family=family_of(config, name),
             checkpoint=name,
             revision=revision,
             model_type=model_type,
@@ -247,6 +331,7 @@ def require(spec: ModelSpec, needed: set[str], task: str) -> None:
 def create_backend(spec: ModelSpec, runtime: Runtime, options: LoadOptions) -> Backend:
     """Import the family's backend module (torch, transformers) and load the weights."""
     target = family_entry(spec.family)["backend"]
+    usable_torchvision()
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     backend: Backend = cls(spec, runtime, options)

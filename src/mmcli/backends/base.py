@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from mmcli.errors import CapabilityError, explain_load_error
+from mmcli.errors import CapabilityError, ModelLoadError, explain_load_error
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
 
@@ -58,13 +58,23 @@ class Backend(ABC):
         return kwargs
 
     def load(self, loader: Any, **extra: Any) -> Any:
-        """Call ``loader.from_pretrained`` on the checkpoint, turning failures into one-line errors."""
+        """Call ``loader.from_pretrained`` on the checkpoint, turning failures into one-line errors.
+
+        A model whose checkpoint lacks some of its weights is refused (``check_weights``): transformers
+        would fill the gaps with random numbers and only warn.
+        """
         quiet_transformers()
-        kwargs = self.from_pretrained_kwargs() | extra
+        weights = is_model_loader(loader)
+        kwargs = self.from_pretrained_kwargs() | extra | ({"output_loading_info": True} if weights else {})
         try:
-            return loader.from_pretrained(self.spec.checkpoint, **kwargs)
+            loaded = loader.from_pretrained(self.spec.checkpoint, **kwargs)
         except Exception as exc:
             raise explain_load_error(exc, self.spec.name) from exc
+        if not weights:
+            return loaded
+        model, info = loaded
+        check_weights(model, info, self.spec.name)
+        return model
 
     def load_model(self, loader: Any, **extra: Any) -> Any:
         model = self.load(
@@ -124,3 +134,48 @@ def quiet_transformers() -> None:
 def collate(batches: list[Batch]) -> Batch:
     """Concatenate per-image preprocessed batches along the first dimension."""
     return {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
+
+
+def is_model_loader(loader: Any) -> bool:
+    """A model class or an ``AutoModel...`` class (not a processor or tokenizer): its load reports weights."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(loader, type):
+        return False
+    return issubclass(loader, PreTrainedModel) or getattr(loader, "_model_mapping", None) is not None
+
+
+def check_weights(model: Any, info: dict[str, Any], name: str) -> None:
+    """Refuse a model with weights missing from its checkpoint: transformers fills them with random numbers.
+
+    ``info`` is ``from_pretrained(..., output_loading_info=True)``'s report, from which transformers has
+    already removed tied weights, non-persistent buffers and the class's ``_keys_to_ignore_on_load_*``.
+    Integer buffers (position and token-type ids, BatchNorm's batch count) are tables the model builds
+    itself, so a checkpoint may lack them; float buffers (BatchNorm's running statistics) it may not.
+    Checkpoint weights the model does not use are refused too when the checkpoint claims the model's own
+    class; from another class's checkpoint (a detection or segmentation head around a CLIP) they are the
+    parts the base model has no use for, and every weight it needs is there.
+    """
+    built = {key for key, buffer in model.named_buffers() if not buffer.is_floating_point()}
+    missing = sorted(set(info.get("missing_keys") or ()) - built)
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    cls = type(model).__name__
+    held = (getattr(model.config, "architectures", None) or [None])[0]
+    guess = f" (it holds a {held}?)" if held and held != cls else ""
+    if missing:
+        raise ModelLoadError(
+            f"{name}: {len(missing)} weights of {cls} are missing from the checkpoint{guess}; "
+            "mmcli will not run a half-initialised model",
+            f"missing: {_some(missing)}",
+        )
+    if unexpected and not guess:
+        raise ModelLoadError(
+            f"{name}: {len(unexpected)} weights in the checkpoint are not used by {cls}; "
+            "mmcli will not run a model that does not match its checkpoint",
+            f"unused: {_some(unexpected)}",
+        )
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more

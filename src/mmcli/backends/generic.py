@@ -1,27 +1,27 @@
-"""Any image-text-to-text checkpoint whose processor has a chat template (Idefics3 / SmolVLM, Qwen2-VL, ...).
+"""Any image-text-to-text checkpoint transformers knows, or whose own code follows its interfaces.
 
 Nothing here knows how a family lays out its image: the checkpoint's own processor turns images and
-rendered prompts into model inputs, in one call per batch, exactly as ``pipeline("image-text-to-text")``
-does. So flattened patches with ``image_grid_thw`` (Qwen2-VL), image tiles with ``pixel_attention_mask``
-(Idefics3), a single image row (LLaVA) or per-image token spans of any length all work alike.
+prompts into model inputs, in one call per batch, exactly as ``pipeline("image-text-to-text")`` does. So
+flattened patches with ``image_grid_thw`` (Qwen2-VL), image tiles with ``pixel_attention_mask``
+(Idefics3), a Q-Former's query tokens (InstructBLIP), a prefix the model attends to both ways (PaliGemma)
+or an encoder-decoder (Florence-2) all work alike.
+
+How a prompt reaches the processor is read from the processor: with a chat template, a user turn
+``[image, text]`` rendered with the generation prompt; without one (InstructBLIP, PaliGemma, Florence-2,
+Kosmos-2, IDEFICS, BLIP, GIT, ...) the text itself beside the image, as the pipeline passes it, the
+processor placing the image tokens (IDEFICS: the image before the text). Prompts for those come from the
+family's [plain] table in configs/models.toml and the model type's own lines (PaliGemma's "caption en").
+``prompt_format`` in the config (with ``{image}``) still overrides both.
 
 ``preprocess`` only decodes: a batch carries the images themselves (``{"images": [PIL images]}``) and
-``collate`` joins those lists. A prompt becomes a user turn ``[image, text]`` rendered by the chat template
-with the generation prompt (``chat = false`` in the config: the ``prompt_format`` string instead).
-
-Label scores are the mean log-probability of the label's tokens after the prompt (no EOS), from one
-forward per image over the prompt + each label (right-padded), the image repeated over the labels (at
-most ``LABEL_CHUNK`` labels per forward; only the logits the labels need are computed when the model
-takes ``logits_to_keep``).
-
-Trade-offs against the family-specific backends: the image processor runs in the forward thread, not in
-the loader's worker threads, and label scoring runs the prompt once per label rather than reusing a
-cached prefix.
+``collate`` joins those lists. Answers and label scores come from the model's ``generate``
+(backends/generation.py). Trade-offs against the family-specific backends: the image processor runs in
+the forward thread, not in the loader's worker threads, and label scoring runs the prompt once per label
+rather than reusing a cached prefix.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from typing import Any, ClassVar, cast
 
@@ -29,12 +29,27 @@ import torch
 from PIL import Image
 
 from mmcli.backends.base import Backend, Batch, GenerateOptions, LoadOptions
-from mmcli.backends.vlm import LABEL_CHUNK, generate_text, model_placement, settings_for
-from mmcli.errors import MmcliError, UsageError
+from mmcli.backends.generation import decode_answers, forced_mean_logprob, label_tokens, prompt_context
+from mmcli.backends.loading import cannot_drive, load_processor, model_loader
+from mmcli.backends.vlm import LABEL_CHUNK, generate_kwargs, model_placement, seeded, settings_for
+from mmcli.errors import ModelLoadError, UsageError, first_sentence
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
 
-DEFAULT_FORMAT = "USER: {image}\n{prompt} ASSISTANT:"
+
+def encoder_decoder(config: Any) -> bool:
+    """The model's, or its language model's (InstructBLIP with Flan-T5 says so only there)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(config, "is_encoder_decoder", False) or getattr(text, "is_encoder_decoder", False))
+
+
+def accepted_inputs(model: Any) -> frozenset[str]:
+    """What ``generate`` passes on to a decoder-only model: named inputs of its ``generate`` (BLIP's and
+    InstructBLIP's take the image inputs themselves), ``prepare_inputs_for_generation`` and ``forward``."""
+    names: set[str] = set()
+    for method in (model.generate, model.prepare_inputs_for_generation, model.forward):
+        names |= set(inspect.signature(method).parameters)
+    return frozenset(names)
 
 
 class GenericVlmBackend(Backend):
@@ -43,45 +58,73 @@ class GenericVlmBackend(Backend):
     def __init__(self, spec: ModelSpec, runtime: Runtime, options: LoadOptions | None = None):
         super().__init__(spec, runtime, options)
         placement = model_placement(self.options, runtime)  # fails before anything downloads
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig
 
-        self.processor: Any = self.load(AutoProcessor)
-        self.tokenizer: Any = getattr(self.processor, "tokenizer", None)
-        if self.tokenizer is None:
-            raise UsageError(
-                f"{spec.name}: AutoProcessor loaded only a {type(self.processor).__name__}, not a processor of "
-                "images and text",
-                "transformers builds the processors of video-capable models (Qwen2-VL, SmolVLM, ...) only with "
-                "torchvision installed: pip install torchvision"
-                if importlib.util.find_spec("torchvision") is None
-                else "the checkpoint's processor files may be missing or incomplete",
-            )
-        if placement:
-            self.model: Any = self.load(
-                AutoModelForImageTextToText,
-                dtype=runtime.dtype,
-                use_safetensors=None if self.options.allow_pickle else True,
-                **placement,
-            )
-            self.model.eval()
-            self.device: torch.device = self.model.device
-        else:
-            self.model = self.load_model(AutoModelForImageTextToText)
-            self.device = runtime.device
-        config = self.model.config
-        self.settings: dict[str, Any] = settings_for(spec, config.model_type)
-        self.decoder_only = not getattr(config, "is_encoder_decoder", False)
-        self.chat = bool(self.settings.get("chat", True))
-        self.prompt_format = str(self.settings.get("prompt_format", DEFAULT_FORMAT))
-        if self.chat and not getattr(self.processor, "chat_template", None):
-            raise UsageError(
-                f"{spec.name}: its processor has no chat template",
-                "set chat = false and a prompt_format for it in configs/models.toml",
-            )
+        config = self.load(AutoConfig)
+        loader = model_loader(config, spec.name)
+        self.remote = not type(config).__module__.startswith("transformers.")  # the checkpoint's own code
+        self.processor: Any = self._processor()
+        self.tokenizer: Any = self._tokenizer()
+        self.model: Any = self._model(loader, placement)
+        self._prompt_settings(config.model_type)
+        self.decoder_only = not encoder_decoder(self.model.config)
         self.tokenizer.padding_side = "left" if self.decoder_only else "right"
-        self.keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         pad = self.tokenizer.pad_token_id
         self.pad_id: int = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        self.accepted = accepted_inputs(self.model) if self.decoder_only else None
+        if self.model.generation_config.pad_token_id is None:  # set here: some generate()s pass their own
+            self.model.generation_config.pad_token_id = self.pad_id
+
+    def _processor(self) -> Any:
+        try:
+            return load_processor(self)
+        except ModelLoadError as exc:
+            if not self.remote or exc.__cause__ is None:
+                raise
+            why = first_sentence(str(exc.__cause__))
+            raise cannot_drive(self.spec.name, f"its processor does not load ({why})") from exc
+
+    def _model(self, loader: Any, placement: dict[str, Any]) -> Any:
+        if not placement:
+            self.device: torch.device = self.runtime.device
+            return self.load_model(loader)
+        model = self.load(
+            loader,
+            dtype=self.runtime.dtype,
+            use_safetensors=None if self.options.allow_pickle else True,
+            **placement,
+        )
+        model.eval()
+        self.device = model.device
+        return model
+
+    def _tokenizer(self) -> Any:
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None and hasattr(self.processor, "image_processor"):
+            return tokenizer
+        what = (
+            f"AutoProcessor loaded only a {type(self.processor).__name__}, not a processor of images and text"
+        )
+        if self.remote:
+            raise cannot_drive(self.spec.name, what)
+        raise UsageError(
+            f"{self.spec.name}: {what}", "the checkpoint's processor files may be missing or incomplete"
+        )
+
+    def _prompt_settings(self, model_type: str) -> None:
+        """Chat template, ``prompt_format`` or the model's own text (``plain``), and the prompts that go with it."""
+        base = settings_for(self.spec, model_type)
+        has_template = bool(getattr(self.processor, "chat_template", None))
+        self.chat = bool(base.get("chat", has_template))
+        if self.chat and not has_template:
+            raise UsageError(
+                f"{self.spec.name}: its processor has no chat template",
+                "set chat = false for it in configs/models.toml (and a prompt_format, or none: the text as is)",
+            )
+        format_ = base.get("prompt_format")
+        self.prompt_format: str | None = None if self.chat or format_ is None else str(format_)
+        self.plain = not self.chat and self.prompt_format is None
+        self.settings: dict[str, Any] = settings_for(self.spec, model_type, plain=self.plain)
 
     # -- images ---------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> Batch:
@@ -111,11 +154,13 @@ class GenericVlmBackend(Backend):
         return self.settings.get(f"{task}_prompt") or None
 
     def render(self, prompt: str | None, raw: bool = False) -> str:
-        """The text the processor sees: one user turn holding the image and the prompt."""
+        """The text the processor sees (see the module docstring)."""
         text = self.prompt_text(prompt, raw)
-        if not self.chat:
+        if self.prompt_format is not None:
             image_token = getattr(self.processor, "image_token", "<image>")
             return self.prompt_format.format(image=image_token, prompt=text)
+        if self.plain:
+            return text
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
         ]
@@ -124,6 +169,11 @@ class GenericVlmBackend(Backend):
 
     def inputs(self, images: list[Image.Image], texts: list[str], side: str) -> dict[str, Any]:
         """One processor call: image i goes with text i; rows padded on ``side``."""
+        if self.plain:  # as the pipeline passes them: the processor adds image and special tokens
+            out = self.processor(
+                images=images, text=texts, padding=True, padding_side=side, return_tensors="pt"
+            )
+            return dict(out)
         bos = self.tokenizer.bos_token
         special = not (bos and texts[0].startswith(bos))
         out = self.processor(
@@ -137,9 +187,12 @@ class GenericVlmBackend(Backend):
         return dict(out)
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs the model takes (GIT's processor adds token_type_ids it does not), on its device."""
         dtype = self.runtime.dtype
         moved: dict[str, Any] = {}
         for key, value in inputs.items():
+            if self.accepted is not None and key not in self.accepted:
+                continue
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device, dtype) if value.is_floating_point() else value.to(self.device)
             moved[key] = value
@@ -152,69 +205,60 @@ class GenericVlmBackend(Backend):
             raise UsageError(f"{len(prompts)} prompts for {len(images)} images")
         rendered = [self.render(p, options.raw_prompts) for p in prompts]
         inputs = self.inputs(images, rendered, self.tokenizer.padding_side)
-        return generate_text(self, inputs, options)
+        with torch.inference_mode(), seeded(options.seed, self.device):
+            kwargs = generate_kwargs(options, self.pad_id)
+            del kwargs["pad_token_id"]  # in the generation config
+            out = self.model.generate(**self.to_device(inputs), **kwargs)
+        return decode_answers(self.processor, self.tokenizer, out, self.prompt_ids(inputs))
+
+    def prompt_ids(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """The tokens an answer follows: the input's (decoder-only), the decoder prompt's, or none."""
+        found = inputs.get("input_ids" if self.decoder_only else "decoder_input_ids")
+        return found if isinstance(found, torch.Tensor) else None
 
     # -- label scoring --------------------------------------------------------------------------------
     def score_labels(self, batch: Batch, prompt: str, labels: list[str]) -> torch.Tensor:
-        if not self.decoder_only:
-            raise UsageError(f"{self.spec.name}: label scoring needs a decoder-only language model")
+        """(N, L) mean log-probability of each label as the answer ``generate`` would write to ``prompt``.
+
+        One image at a time, at most ``LABEL_CHUNK`` labels per ``generate``, each label a row of the same
+        image and prompt (no padding: scores do not depend on the batch size).
+        """
         if any(not label.strip() for label in labels):
             raise UsageError("a label is empty")
         text = self.render(prompt or None)
-        sep = "" if not text or text[-1].isspace() else " "
-        texts = [text + sep + label for label in labels]
-        targets = self.label_ids(text, texts)
         images = self.images(batch)
         scores = torch.empty(len(images), len(labels))
+        targets: list[list[int]] = []
         with torch.inference_mode():
             for i, image in enumerate(images):
                 for start in range(0, len(labels), LABEL_CHUNK):
                     stop = min(start + LABEL_CHUNK, len(labels))
+                    inputs = self.inputs(
+                        [image] * (stop - start), [text] * (stop - start), self.tokenizer.padding_side
+                    )
+                    targets = targets or self.label_targets(inputs, labels)
+                    prefix = self.answer_prefix(inputs)
                     chunk = targets[start:stop]
-                    scores[i, start:stop] = self._mean_logprob(image, texts[start:stop], chunk)
+                    scores[i, start:stop] = forced_mean_logprob(
+                        self.model, self.to_device(inputs), prefix, chunk
+                    )
         return scores
 
-    def label_ids(self, text: str, texts: list[str]) -> list[list[int]]:
-        """Each label's tokens: what ``text + sep + label`` adds after the prompt's own tokens.
+    def label_targets(self, inputs: dict[str, Any], labels: list[str]) -> list[list[int]]:
+        """Each label's tokens after the end of the prompt (nothing, at an encoder-decoder's decoder start)."""
+        ids = self.prompt_ids(inputs)
+        mask = inputs.get("attention_mask" if self.decoder_only else "decoder_attention_mask")
+        row_mask = (
+            mask[0]
+            if isinstance(mask, torch.Tensor) and ids is not None and mask.shape == ids.shape
+            else None
+        )
+        context = prompt_context(self.tokenizer, None if ids is None else ids[0], row_mask)
+        return [label_tokens(self.tokenizer, context, label) for label in labels]
 
-        The prompt's tokens should be an exact prefix of the whole; where the tokenizer merges across
-        the join, the label's tokens start where the two first differ.
-        """
-        prompt_ids = self.text_ids(text)
-        out = []
-        for whole in texts:
-            full = self.text_ids(whole)
-            same = 0
-            while same < min(len(full), len(prompt_ids)) and full[same] == prompt_ids[same]:
-                same += 1
-            out.append(full[same:])
-        return out
-
-    def text_ids(self, text: str) -> list[int]:
-        bos = self.tokenizer.bos_token
-        special = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-
-    def _mean_logprob(self, image: Image.Image, texts: list[str], targets: list[list[int]]) -> torch.Tensor:
-        inputs = self.inputs([image] * len(texts), texts, "right")
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        lengths = mask.sum(1).tolist()
-        for row, target in enumerate(targets):
-            end = int(lengths[row])
-            if ids[row, end - len(target) : end].tolist() != target:
-                raise MmcliError(
-                    f"{self.spec.name}: the processor tokenized a label differently from the tokenizer",
-                    "report this model to mmcli's maintainers",
-                )
-        width = ids.shape[1]
-        keep = max(width - int(end) + len(target) + 1 for end, target in zip(lengths, targets, strict=True))
-        extra = {"logits_to_keep": keep} if self.keeps_logits else {}
-        logits = self.model(**self.to_device(inputs), use_cache=False, **extra).logits
-        offset = width - logits.shape[1]  # logits[:, j] predicts the token after position offset + j
-        out = torch.empty(len(targets))
-        for row, target in enumerate(targets):
-            end = int(lengths[row])
-            steps = logits[row, end - len(target) - 1 - offset : end - 1 - offset].float().log_softmax(-1)
-            picked = steps.gather(-1, torch.tensor(target, device=steps.device).unsqueeze(-1))
-            out[row] = picked.mean().cpu()
-        return out
+    def answer_prefix(self, inputs: dict[str, Any]) -> list[int]:
+        """Tokens generation writes before an answer: an encoder-decoder's forced BOS (BART, Florence-2)."""
+        if self.decoder_only or self.prompt_ids(inputs) is not None:
+            return []
+        forced = getattr(self.model.generation_config, "forced_bos_token_id", None)
+        return [] if forced is None else [int(forced)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,7 +162,8 @@ class GenerativeBackend(Backend):
         cache = copy.deepcopy(prefix.state)
         cache.batch_repeat_interleave(count)
         full_mask = torch.cat([prefix.mask.expand(count, -1), mask], dim=1)
-        out = self.continue_model()(input_ids=ids, attention_mask=full_mask, past_key_values=cache)
+        model = self.continue_model()
+        out = model(input_ids=ids, attention_mask=full_mask, **{cache_keyword(model): cache})
         assert prefix.last_logits is not None
         first = prefix.last_logits.unsqueeze(1).expand(count, 1, -1)
         return torch.cat([first, out.logits[:, :-1]], dim=1)
@@ -193,7 +195,7 @@ class GenerativeBackend(Backend):
 # -- module helpers -----------------------------------------------------------------------------------
 def generate_text(backend: Any, inputs: dict[str, Any], options: GenerateOptions) -> list[str]:
     """``model.generate`` on model inputs (moved to the device), only the new tokens decoded and stripped:
-    the last step of both generative families (this module's and backends/generic.py's)."""
+    the last step of this module's families (backends/generic.py decodes as the pipeline does)."""
     with torch.inference_mode(), seeded(options.seed, backend.device):
         out = backend.model.generate(**backend.to_device(inputs), **generate_kwargs(options, backend.pad_id))
     new = out[:, inputs["input_ids"].shape[1] :] if backend.decoder_only else out
@@ -215,9 +217,15 @@ def generate_kwargs(options: GenerateOptions, pad_id: int) -> dict[str, Any]:
     return kwargs
 
 
-def settings_for(spec: ModelSpec, model_type: str | None) -> dict[str, Any]:
-    """Prompts and switches: the family's, then the model type's, then the alias's own (last wins)."""
-    return family_entry(spec.family) | model_type_entry(spec.model_type or model_type) | spec.options
+def settings_for(spec: ModelSpec, model_type: str | None, plain: bool = False) -> dict[str, Any]:
+    """Prompts and switches: the family's, then (``plain``: a prompt that reaches the processor as the
+    model's own text, no chat template) the family's [plain] table, then the model type's, then the
+    alias's own (last wins)."""
+    family = dict(family_entry(spec.family))
+    plain_table = family.pop("plain", {})
+    if plain:
+        family |= plain_table
+    return family | model_type_entry(spec.model_type or model_type) | spec.options
 
 
 def model_placement(options: LoadOptions, runtime: Runtime) -> dict[str, Any]:
@@ -260,6 +268,11 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def cache_keyword(model: Any) -> str:
+    """The forward keyword of a KV cache: ``cache`` (transformers >= 5.24), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def labels_per_chunk(state: Any) -> int:
