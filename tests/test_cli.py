@@ -296,3 +296,29 @@ def test_unreachable_hub_switches_to_the_cache_and_says_so(image_dir):
     assert result.code == 1
     assert "not reachable: using the local cache only" in result.stderr
     assert "Retrying" not in result.stderr
+
+
+def test_models_lists_the_aliases_people_run_in_2026(cli):
+    rows = {r["alias"]: r for r in cli("models", "--format", "jsonl").jsonl()}
+    generative = {
+        "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
+        "internvl3-1b": "OpenGVLab/InternVL3-1B-hf",
+        "smolvlm2-2.2b": "HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+        "florence-2-base": "florence-community/Florence-2-base",
+        "paligemma2-3b": "google/paligemma2-3b-mix-224",
+        "gemma-3-4b": "google/gemma-3-4b-it",
+        "instructblip-vicuna-7b": "Salesforce/instructblip-vicuna-7b",
+        "blip-caption-base": "Salesforce/blip-image-captioning-base",
+        "idefics-9b": "HuggingFaceM4/idefics-9b-instruct",
+        "llama-3.2-11b-vision": "meta-llama/Llama-3.2-11B-Vision-Instruct",
+        "deepseek-vl-1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
+    }
+    for alias, checkpoint in generative.items():
+        assert rows[alias]["checkpoint"] == checkpoint
+        assert set(rows[alias]["capabilities"]) == {"generate", "score_text"}
+    for alias in ("siglip2-base", "align-base"):
+        assert set(rows[alias]["capabilities"]) == {"encode_image", "encode_text"}
+    # A capability mistake is found from the alias alone, before anything downloads.
+    refused = cli("embed", "x.jpg", "--model", "qwen2.5-vl-3b")
+    assert refused.code == 2 and "cannot embed" in refused.stderr

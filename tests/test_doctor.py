@@ -118,3 +118,35 @@ def test_cuda_devices_with_name_memory_and_dtypes(monkeypatch):
     assert found["cuda:0"]["name"] == "Tesla T4" and found["cuda:0"]["dtypes"] == ["fp32", "fp16"]
     assert found["cuda:1"]["memory_bytes"] == 80 * 10**9
     assert found["cuda:1"]["dtypes"] == ["fp32", "fp16", "bf16"]  # bf16 from compute capability 8.0
+
+
+def test_doctor_says_whether_torchvision_imports(tmp_path) -> None:
+    """Absent here; a build for another torch is reported as not importing (and ignored), never as fine."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def doctor(env: dict[str, str]) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mmcli", "doctor", "--format", "json"],
+            capture_output=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return str(json.loads(proc.stdout)["versions"]["torchvision"])
+
+    assert doctor({}).startswith("not installed")
+    site = tmp_path / "site"
+    (site / "torchvision").mkdir(parents=True)
+    (site / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n'
+    )
+    info = site / "torchvision-0.28.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
+    state = doctor({"PYTHONPATH": os.pathsep.join([str(site), *sys.path])})
+    assert (
+        state.startswith("0.28.0 (does not import:") and "torchvision::nms" in state and "ignores it" in state
+    )

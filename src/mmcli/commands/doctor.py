@@ -84,7 +84,27 @@ def versions() -> dict[str, str]:
             found[shown] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             found[shown] = NOT_INSTALLED
+    found["torchvision"] = torchvision_state()
     return found
+
+
+def torchvision_state() -> str:
+    """Whether torchvision imports: mmcli never needs it, and one built for another torch is ignored."""
+    try:
+        version = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return f"{NOT_INSTALLED} (not needed)"
+    import subprocess
+    import sys
+
+    probe = subprocess.run(  # in a child: a broken build can leave half-imported torch modules behind
+        [sys.executable, "-c", "import torchvision"], capture_output=True, text=True, timeout=120
+    )
+    if probe.returncode == 0:
+        return version
+    lines = probe.stderr.strip().splitlines()
+    reason = lines[-1] if lines else f"exit status {probe.returncode}"
+    return f"{version} (does not import: {reason}; mmcli ignores it)"
 
 
 def devices() -> list[dict[str, Any]]:
