@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-feed bench-ray clean
+.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-feed bench-ray bench-coverage clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench-feed: $(STAMP)
 
 bench-ray: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/ray.py
+
+# Every image-text-to-text model type of the installed transformers, built tiny and run through mmcli.
+# Resumes from bench/out/coverage/results.jsonl; COVERAGE_ARGS="--fresh" or "--types llava,qwen2_vl".
+bench-coverage: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/coverage.py $(COVERAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
