@@ -525,3 +525,44 @@ def test_remote_code_without_a_processor_of_images_is_refused(
     with pytest.raises(ModelLoadError, match="needs its own code that mmcli cannot drive") as info:
         registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions(trust_remote_code=True))
     assert "\n" not in info.value.message
+
+
+@pytest.mark.parametrize("model_type", ["blip", "git"])
+def test_an_empty_prompt_with_no_start_token_starts_from_the_models_own(
+    model_type: str, tmp_path: Path
+) -> None:
+    """A tokenizer that adds no BOS/CLS turns the empty caption prompt into zero tokens: BLIP and GIT used to
+    crash (IndexError, a reshape of 0 elements); the model's generate now starts from its own start token."""
+    root = Path(__file__).resolve().parent.parent
+    directory = tmp_path / model_type
+    build = [
+        sys.executable,
+        str(root / "bench" / "coverage.py"),
+        "--build",
+        model_type,
+        "--dir",
+        str(directory),
+    ]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    for args in (["caption", "--max-new-tokens", "3"], ["classify", "--labels", "cat,dog"]):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmcli",
+                args[0],
+                str(image),
+                "--model",
+                str(directory),
+                *args[1:],
+                "-f",
+                "jsonl",
+            ],
+            capture_output=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        record = json.loads(proc.stdout)
+        assert "error" not in record and ("caption" in record or "label" in record)

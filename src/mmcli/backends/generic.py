@@ -173,7 +173,7 @@ class GenericVlmBackend(Backend):
             out = self.processor(
                 images=images, text=texts, padding=True, padding_side=side, return_tensors="pt"
             )
-            return dict(out)
+            return self.checked(dict(out), len(images))
         bos = self.tokenizer.bos_token
         special = not (bos and texts[0].startswith(bos))
         out = self.processor(
@@ -184,7 +184,22 @@ class GenericVlmBackend(Backend):
             add_special_tokens=special,
             return_tensors="pt",
         )
-        return dict(out)
+        return self.checked(dict(out), len(images))
+
+    def checked(self, inputs: dict[str, Any], images: int) -> dict[str, Any]:
+        """One row per image; an empty prompt whose tokenizer adds no start token leaves no text at all, and
+        the model's own ``generate`` starts from its start token (as with images alone)."""
+        ids = inputs.get("input_ids")
+        if not isinstance(ids, torch.Tensor):
+            return inputs
+        if ids.shape[0] != images:
+            raise UsageError(
+                f"{self.spec.name}: its processor makes {ids.shape[0]} prompts for {images} images "
+                "(a policy classifier?); mmcli runs one prompt per image"
+            )
+        if ids.shape[1] == 0:
+            return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        return inputs
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The inputs the model takes (GIT's processor adds token_type_ids it does not), on its device."""
