@@ -293,3 +293,33 @@ def test_doctor_shows_the_cache_dir_of_the_config_file(tmp_path: Path, cli, monk
         "size_bytes": None,
         "from": "MMCLI_CACHE_DIR",
     }
+
+
+@pytest.mark.parametrize("redirect", ["option", "shell"])
+def test_a_full_disk_is_one_line_not_an_internal_error(redirect: str) -> None:
+    """Writing to /dev/full fails with ENOSPC, as a full disk does: one line, exit 1, re-run to resume."""
+    args = [
+        sys.executable,
+        "-m",
+        "mmcli",
+        "classify",
+        str(SAMPLES),
+        "--model",
+        "shapes-clip",
+        "--labels",
+        "a,b",
+    ]
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [*args, "-o", "/dev/full"] if redirect == "option" else args,
+            stdout=subprocess.DEVNULL if redirect == "option" else full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert (
+        stderr.splitlines()[-1]
+        == "mmcli: error: cannot write the output: No space left on device; re-run to resume"
+    )
+    assert "internal error" not in stderr

@@ -52,6 +52,10 @@ def root(
     """Zero-shot multimodal models from the command line."""
 
 
+# A full disk, a quota, a read-only or failing device: the machine's state, not a bug of mmcli's.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
 class StdoutClosed(Exception):
     """The reader of stdout went away. Not an OSError: click turns an EPIPE OSError into exit status 1."""
 
@@ -113,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if os.environ.get("MMCLI_DEBUG"):
             raise
-        sys.stderr.write(f"mmcli: internal error: {type(exc).__name__}: {exc}\n")
-        sys.stderr.write("  (set MMCLI_DEBUG=1 for the traceback, and please report it)\n")
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRORS:
+            where = f" {exc.filename}" if exc.filename else " the output"
+            sys.stderr.write(f"mmcli: error: cannot write{where}: {exc.strerror}; re-run to resume\n")
+        else:
+            sys.stderr.write(f"mmcli: internal error: {type(exc).__name__}: {exc}\n")
+            sys.stderr.write("  (set MMCLI_DEBUG=1 for the traceback, and please report it)\n")
         code = EXIT_FATAL
     resume = sys.modules.get("mmcli.resume")
     if resume is not None:
