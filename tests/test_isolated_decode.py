@@ -167,10 +167,9 @@ def test_parse_size_refuses(text: str) -> None:
 
 
 # -- the whole corpus, through the CLI -------------------------------------------------------------------
-def tree_rss_mb(root: int) -> float:
-    """The resident memory of a process and all its descendants now, in MB (from /proc)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
+def processes() -> dict[int, tuple[str, int, int]]:
+    """Every process now: pid -> (state, parent pid, resident bytes), from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -179,15 +178,20 @@ def tree_rss_mb(root: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(entry)] = int(fields[1])
-        rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        found[int(entry)] = (fields[0], int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE"))
+    return found
+
+
+def tree_rss_mb(root: int) -> float:
+    """The resident memory of a process and all its descendants now, in MB."""
+    table = processes()
     tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == pid and p not in tree]
+        children = [p for p, (_, parent, _) in table.items() if parent == pid and p not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(rss.get(pid, 0) for pid in tree) / 2**20
+    return sum(table[pid][2] for pid in tree if pid in table) / 2**20
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 240) -> tuple[int, bytes, float]:
@@ -291,18 +295,16 @@ def test_max_pixels_holds_on_an_embedding_cache_hit(tmp_path: Path, command: str
 def decoder_children() -> set[int]:
     """This process's decoder processes that are still running (not zombies)."""
     found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, (state, parent, _) in processes().items():
+        if parent != os.getpid() or state == "Z":
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 command = f.read()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"mmcli.decode_worker" in command:
-            found.add(int(entry))
+        if b"mmcli.decode_worker" in command:
+            found.add(pid)
     return found
 
 
