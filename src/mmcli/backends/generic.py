@@ -31,7 +31,14 @@ from PIL import Image
 from mmcli.backends.base import Backend, Batch, GenerateOptions, LoadOptions
 from mmcli.backends.generation import decode_answers, forced_mean_logprob, label_tokens, prompt_context
 from mmcli.backends.loading import cannot_drive, load_processor, model_loader
-from mmcli.backends.vlm import LABEL_CHUNK, generate_kwargs, model_placement, seeded, settings_for
+from mmcli.backends.vlm import (
+    LABEL_CHUNK,
+    ConfiguredPrompts,
+    generate_kwargs,
+    model_placement,
+    seeded,
+    settings_for,
+)
 from mmcli.errors import ModelLoadError, UsageError, first_sentence
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
@@ -52,7 +59,7 @@ def accepted_inputs(model: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-class GenericVlmBackend(Backend):
+class GenericVlmBackend(ConfiguredPrompts, Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"generate", "score_text"})
 
     def __init__(self, spec: ModelSpec, runtime: Runtime, options: LoadOptions | None = None):
@@ -142,17 +149,6 @@ class GenericVlmBackend(Backend):
         return list(cast(dict[str, Any], batch)["images"])
 
     # -- prompts ----------------------------------------------------------------------------------------
-    def prompt_text(self, prompt: str | None, raw: bool = False) -> str:
-        """The caption prompt, or ``prompt`` through the question template, or ``prompt`` as given."""
-        if prompt is None:
-            return str(self.settings.get("caption_prompt", ""))
-        if raw:
-            return prompt
-        return str(self.settings.get("question_template", "{}")).format(prompt)
-
-    def default_prompt(self, task: str) -> str | None:
-        return self.settings.get(f"{task}_prompt") or None
-
     def render(self, prompt: str | None, raw: bool = False) -> str:
         """The text the processor sees (see the module docstring)."""
         text = self.prompt_text(prompt, raw)

@@ -42,7 +42,26 @@ class Prefix:
     last_logits: torch.Tensor | None = None  # decoder-only: the prediction of the first label token
 
 
-class GenerativeBackend(Backend):
+class ConfiguredPrompts:
+    """Prompts from ``configs/models.toml`` (``settings_for``), shared by the generative backends."""
+
+    settings: dict[str, Any]
+
+    def prompt_text(self, prompt: str | None, raw: bool = False) -> str:
+        """The caption prompt, or ``prompt`` through the question template (from the config), or
+        ``prompt`` as given when ``raw``."""
+        if prompt is None:
+            return str(self.settings.get("caption_prompt", ""))
+        if raw:
+            return prompt
+        return str(self.settings.get("question_template", "{}")).format(prompt)
+
+    def default_prompt(self, task: str) -> str | None:
+        """``caption`` or ``classify``: the family's configured prompt (None: the image alone)."""
+        return self.settings.get(f"{task}_prompt") or None
+
+
+class GenerativeBackend(ConfiguredPrompts, Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"generate", "score_text"})
 
     def __init__(self, spec: ModelSpec, runtime: Runtime, options: LoadOptions | None = None):
@@ -81,19 +100,6 @@ class GenerativeBackend(Backend):
     def sequence(self, batch: Batch, index: int, text_ids: list[int]) -> list[int]:
         """Token ids of image ``index`` followed or surrounded by its prompt's ``text_ids``."""
         raise NotImplementedError
-
-    def prompt_text(self, prompt: str | None, raw: bool = False) -> str:
-        """The caption prompt, or ``prompt`` through the question template (from the config), or
-        ``prompt`` as given when ``raw``."""
-        if prompt is None:
-            return str(self.settings.get("caption_prompt", ""))
-        if raw:
-            return prompt
-        return str(self.settings.get("question_template", "{}")).format(prompt)
-
-    def default_prompt(self, task: str) -> str | None:
-        """``caption`` or ``classify``: the family's configured prompt (None: the image alone)."""
-        return self.settings.get(f"{task}_prompt") or None
 
     # -- generation -----------------------------------------------------------------------------------
     def generate(self, batch: Batch, prompts: list[str | None], options: GenerateOptions) -> list[str]:
