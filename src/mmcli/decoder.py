@@ -230,17 +230,20 @@ class Decoders:
         self._idle.put(process)
 
     def _lose(self, process: _Process) -> None:
-        """Kill a process that failed or overran; the next job starts a fresh one."""
+        """Kill a process that failed or overran and put a fresh one in its place (a thread may be waiting
+        in ``_acquire`` for it)."""
         process.kill()
         with self._lock:
-            self._count -= 1
             self.replaced += 1
             if self._closed:
+                self._count -= 1
                 return
-        # Wake a thread blocked in _acquire: it finds room for a new process.
-        self._idle.put(_Process(self.memory))
-        with self._lock:
-            self._count += 1
+        try:
+            self._idle.put(_Process(self.memory))
+        except BaseException:
+            with self._lock:
+                self._count -= 1
+            raise
 
 
 _shared: dict[tuple[int, float], Decoders] = {}

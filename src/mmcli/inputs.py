@@ -11,7 +11,7 @@ import fnmatch
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from PIL import Image
 
@@ -20,6 +20,9 @@ from mmcli.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch, is_url
 from mmcli.imaging import DEFAULT_MAX_PIXELS, to_rgb
 from mmcli.imaging import check_regular_file as check_regular_file
 from mmcli.imaging import describe as describe_error
+
+if TYPE_CHECKING:
+    from mmcli.decoder import Decoded, Decoders
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -287,33 +290,48 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
 
 
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """``decode_image(read_bytes(path), max_pixels)``: a local file or a URL to an RGB image.
+    """A local file or a URL to an RGB image, decoded in this process's shared decoder process.
 
-    A local file is read by the decoder process itself (not copied through this one first).
     Raises InputError with a message fit for the user (the caller names the file).
     """
     from mmcli.decoder import shared
 
-    if is_url(path):
-        download = fetch(path)
-        try:
-            return decode_image(download.data, max_pixels)
-        except InputError as exc:
-            raise InputError(explain_download(exc, download.content_type)) from exc
+    return decode_source(open_source(path), shared(), max_pixels).image
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a decoder reads for one input: a local regular file by its path (the decoder process reads it,
+    nothing is copied through this one), or a download's bytes and the type the server gave them."""
+
+    path: str | None = None
+    data: bytes | None = None
+    content_type: str | None = None
+
+
+def open_source(name: str) -> Source:
+    """Fetch a URL, or check that a local path is a readable regular file (never a FIFO that would block).
+
+    Raises InputError with a message fit for the user."""
+    if is_url(name):
+        download = fetch(name)
+        return Source(data=download.data, content_type=download.content_type)
     try:
-        check_regular_file(path)
-    except InputError:
-        raise
-    except Exception as exc:
+        check_regular_file(name)
+    except OSError as exc:
         raise InputError(describe_error(exc)) from exc
-    return shared().decode(path=path, max_pixels=max_pixels).image
+    return Source(path=name)
 
 
-def explain_download(exc: InputError, content_type: str) -> str:
-    """A URL that is not an image: say what the server sent instead."""
-    if "not an image" in str(exc) and content_type and not content_type.startswith("image/"):
-        return f"{exc} (the server sent {content_type})"
-    return str(exc)
+def decode_source(source: Source, decoders: Decoders, max_pixels: int) -> Decoded:
+    """Decode in an isolated decoder process; a URL that is not an image says what the server sent."""
+    try:
+        return decoders.decode(source.path, source.data, max_pixels)
+    except InputError as exc:
+        kind = source.content_type
+        if kind and "not an image" in str(exc) and not kind.startswith("image/"):
+            raise InputError(f"{exc} (the server sent {kind})") from exc
+        raise
 
 
 # -- manifests (the readers live in mmcli.manifest, which builds on this module) ---------------------------

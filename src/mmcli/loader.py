@@ -92,40 +92,25 @@ class Loader:
         """Read, look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread.
 
         Every limit applies on every path: a cache hit still has its header checked (no pixels decoded)."""
-        from mmcli.inputs import check_regular_file, describe_error, fetch, is_url
+        from mmcli.inputs import decode_source, open_source
 
-        name = out.item.input
-        path: str | None = None
-        data = content_type = None
-        if is_url(name):
-            download = fetch(name)
-            data, content_type = download.data, download.content_type
-        else:
-            try:
-                check_regular_file(name)
-            except OSError as exc:
-                raise InputError(describe_error(exc)) from exc
-            path = name
+        source = open_source(out.item.input)
         max_pixels = self.options.max_pixels
         if self.cache is not None:
             from mmcli.cache import digest_bytes, digest_file
 
-            out.digest = digest_file(name) if data is None else digest_bytes(data)
+            if source.path is not None:
+                out.digest = digest_file(source.path)
+            else:
+                out.digest = digest_bytes(source.data or b"")
             hit = self.cache.get_many([out.digest]).get(out.digest)
             if hit is not None:
                 import torch
 
-                self.decoders.probe(path, data, max_pixels)
+                self.decoders.probe(source.path, source.data, max_pixels)
                 out.value, out.cached = torch.from_numpy(hit), True
                 return None
-        try:
-            decoded = self.decoders.decode(path, data, max_pixels)
-        except InputError as exc:
-            if content_type is None:
-                raise
-            from mmcli.inputs import explain_download
-
-            raise InputError(explain_download(exc, content_type)) from exc
+        decoded = decode_source(source, self.decoders, max_pixels)
         out.warning = decoded.warning
         return self.backend.preprocess([decoded.image])
 

@@ -40,7 +40,7 @@ def decode(row: dict[str, Any], max_pixels: int, memory: int, timeout: float) ->
     """Read and decode one input in an isolated decoder process (mmcli.decoder, as locally: the same
     limits); a failure becomes the row's error."""
     from mmcli.decoder import shared
-    from mmcli.inputs import check_regular_file, describe_error, is_url, read_bytes
+    from mmcli.inputs import decode_source, open_source
 
     out = dict(row)
     out["image"] = EMPTY_IMAGE
@@ -48,17 +48,10 @@ def decode(row: dict[str, Any], max_pixels: int, memory: int, timeout: float) ->
     if row["error"]:
         return out
     try:
-        name = os.fsdecode(row["path"])
-        decoders = shared(memory, timeout)
-        if is_url(name):
-            decoded = decoders.decode(data=read_bytes(name), max_pixels=max_pixels)
-        else:  # the decoder process reads a local file itself
-            check_regular_file(name)
-            decoded = decoders.decode(path=name, max_pixels=max_pixels)
+        source = open_source(os.fsdecode(row["path"]))
+        decoded = decode_source(source, shared(memory, timeout), max_pixels)
         out["image"] = np.asarray(decoded.image, dtype=np.uint8)
         out["warning"] = decoded.warning or ""
-    except OSError as exc:
-        out["error"] = describe_error(exc)
     except InputError as exc:
         out["error"] = str(exc)
     except Exception as exc:  # a decoder bug must not sink the block
