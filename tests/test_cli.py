@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -322,3 +323,13 @@ def test_models_lists_the_aliases_people_run_in_2026(cli):
     # A capability mistake is found from the alias alone, before anything downloads.
     refused = cli("embed", "x.jpg", "--model", "qwen2.5-vl-3b")
     assert refused.code == 2 and "cannot embed" in refused.stderr
+
+
+def test_a_file_given_as_the_model_is_a_usage_error_not_a_hub_lookup(cli):
+    """samples/x.png looks like org/name: it must not be sent to the hub as one."""
+    image = Path(__file__).resolve().parent.parent / "samples" / "shapes-red-circle.png"
+    for args in (["classify", image, "--labels", "a,b", "--model", image], ["models", "--info", image]):
+        result = cli(*args)
+        assert result.code == 2, result.stderr
+        assert result.stderr.startswith(f"mmcli: error: {image} is a file, not a model")
+        assert "hub" not in result.stderr.splitlines()[0]

@@ -266,6 +266,22 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
+def local_checkpoint(name: str) -> Path | None:
+    """``name`` as a saved model's directory; None when no such path exists (an alias or a hub id, then).
+    A file, or a directory without config.json, is a UsageError: it is never looked up on the hub."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise UsageError(
+            f"{name} is a file, not a model",
+            "--model takes an alias (mmcli models), a hub id (org/name) or a directory saved with save_pretrained",
+        )
+    if not (path / "config.json").is_file():
+        raise UsageError(f"{name} is a directory but holds no config.json (not a saved model)")
+    return path
+
+
 def resolve(name: str, revision: str | None = None) -> ModelSpec:
     """Turn ``--model NAME`` into a ModelSpec. Raises UnknownModelError listing what is valid."""
     table = aliases()
@@ -286,12 +302,9 @@ def resolve(name: str, revision: str | None = None) -> ModelSpec:
             model_type=entry.pop("model_type", None),
             options=entry,
         )
-    path = Path(name).expanduser()
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise UsageError(f"{name} is a directory but holds no config.json (not a saved model)")
-        config = read_config_json(config_file)
+    path = local_checkpoint(name)
+    if path is not None:
+        config = read_config_json(path / "config.json")
         model_type = config.get("model_type")
         return ModelSpec(
             name=name,

@@ -90,10 +90,8 @@ def locate(name: str, revision: str | None) -> tuple[str, str | None]:
     if name in registry.aliases():
         spec = registry.resolve(name, revision)
         return spec.checkpoint, spec.revision
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UnknownModelError(f"{name} is a directory but holds no config.json (not a saved model)")
+    path = registry.local_checkpoint(name)
+    if path is not None:
         return str(path), None
     if registry._looks_like_hub_id(name):
         return name, revision
