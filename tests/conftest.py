@@ -26,8 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(autouse=True)
 def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own embedding cache and no user config file, so no test sees another's."""
+    """Each test gets its own embedding cache, no user config file and no mmcli serve (a socket where none
+    listens), so no test sees another's, nor a server the developer runs."""
     monkeypatch.setenv("MMCLI_CACHE_DIR", str(tmp_path_factory.mktemp("mmcli-cache")))
+    monkeypatch.setenv("MMCLI_SOCKET", str(tmp_path_factory.mktemp("mmcli-run") / "none.sock"))
     config = tmp_path_factory.mktemp("mmcli-config") / "config.toml"
     config.write_text("# empty: the built-in defaults\n")
     monkeypatch.setenv("MMCLI_CONFIG", str(config))

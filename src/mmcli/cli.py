@@ -16,25 +16,21 @@ from typing import Annotated, Any
 import typer
 
 from mmcli import __version__
-from mmcli.commands.caption import caption
-from mmcli.commands.classify import classify
-from mmcli.commands.compare import compare
-from mmcli.commands.doctor import doctor
-from mmcli.commands.embed import embed
-from mmcli.commands.models import models
-from mmcli.commands.pull import pull
-from mmcli.commands.vqa import vqa
 from mmcli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, MmcliError
 
-app = typer.Typer(
-    name="mmcli",
-    help="Zero-shot multimodal models from the command line: classify, caption, vqa, embed, compare.\n\n"
-    "Results go to stdout (a table on a terminal, JSON lines in a pipe); messages go to stderr.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# Each subcommand's module is imported only when the app is built for it (``build_app``): a run imports its
+# own command alone, which keeps a call to a warm ``mmcli serve`` quick.
+COMMANDS: dict[str, str] = {
+    "classify": "mmcli.commands.classify:classify",
+    "caption": "mmcli.commands.caption:caption",
+    "vqa": "mmcli.commands.vqa:vqa",
+    "embed": "mmcli.commands.embed:embed",
+    "compare": "mmcli.commands.compare:compare",
+    "models": "mmcli.commands.models:models",
+    "doctor": "mmcli.commands.doctor:doctor",
+    "pull": "mmcli.commands.pull:pull",
+    "serve": "mmcli.commands.serve:serve",
+}
 
 
 def _version(value: bool) -> None:
@@ -43,7 +39,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -75,18 +70,31 @@ def _pipe_guard(command: Callable[..., int]) -> Callable[..., int]:
     return guarded
 
 
-COMMANDS: list[tuple[str, Callable[..., int]]] = [
-    ("classify", classify),
-    ("caption", caption),
-    ("vqa", vqa),
-    ("embed", embed),
-    ("compare", compare),
-    ("models", models),
-    ("doctor", doctor),
-    ("pull", pull),
-]
-for _name, _command in COMMANDS:
-    app.command(_name)(_pipe_guard(_command))
+def build_app(only: str | None = None) -> typer.Typer:
+    """The Typer app with every subcommand, or with ``only`` that one (what a run of it needs)."""
+    import importlib
+
+    app = typer.Typer(
+        name="mmcli",
+        help="Zero-shot multimodal models from the command line: classify, caption, vqa, embed, compare.\n\n"
+        "Results go to stdout (a table on a terminal, JSON lines in a pipe); messages go to stderr.",
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(root)
+    for name, target in COMMANDS.items():
+        if only is None or name == only:
+            module, _, attr = target.partition(":")
+            app.command(name)(_pipe_guard(getattr(importlib.import_module(module), attr)))
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole app, for tools that look for it (completion, docs)
+        return build_app()
+    raise AttributeError(name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - older typer with the click package
         from click.exceptions import ClickException  # type: ignore[assignment]
 
+    args = sys.argv[1:] if argv is None else argv
+    first = args[0] if args else None
     try:
+        app = build_app(first if first in COMMANDS else None)
         code = app(args=argv, prog_name="mmcli", standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code

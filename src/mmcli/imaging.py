@@ -16,8 +16,6 @@ Errors raise ``InputError`` with a message fit for the user; warnings are collec
 from __future__ import annotations
 
 import math
-import os
-import stat
 import warnings
 from typing import IO
 
@@ -27,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmcli.errors import InputError
 from mmcli.limits import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 from mmcli.limits import MAX_ASPECT, MAX_DECODED_PIXELS
+from mmcli.limits import check_regular_file as check_regular_file
 
 # Formats never opened: EPS is decoded by running Ghostscript on the file.
 UNSAFE_FORMATS = frozenset(["EPS"])
@@ -35,17 +34,6 @@ ALPHA_MODES = frozenset(["RGBA", "LA", "PA", "RGBa"])
 REDUCIBLE_MODES = frozenset(["L", "LA", "RGB", "RGBA", "RGBa", "La", "I", "F", "CMYK", "YCbCr"])
 # Warnings about mmcli's own conversions, not about the file.
 IGNORED_WARNINGS = ("Palette images with Transparency expressed in bytes",)
-
-
-def check_regular_file(path: str) -> None:
-    """Refuse directories, FIFOs, devices and empty files before Pillow opens (or blocks on) them."""
-    st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError("is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError("not a regular file")
-    if st.st_size == 0:
-        raise InputError("empty file")
 
 
 def describe(exc: BaseException) -> str:

@@ -13,15 +13,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
-from PIL import Image
-
 from mmcli.errors import InputError
 from mmcli.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch, is_url
-from mmcli.imaging import DEFAULT_MAX_PIXELS, to_rgb
-from mmcli.imaging import check_regular_file as check_regular_file
-from mmcli.imaging import describe as describe_error
+from mmcli.limits import DEFAULT_MAX_PIXELS
+from mmcli.limits import check_regular_file as check_regular_file
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from mmcli.decoder import Decoded, Decoders
 
 __all__ = [
@@ -37,9 +36,25 @@ __all__ = [
     "read_bytes",
     "read_manifest",
     "read_paths",
-    "to_rgb",
     "walk",
 ]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A third-party exception raised while reading or decoding, as a message for the user (imaging.describe;
+    imported when needed: expanding and reading inputs never loads Pillow or numpy)."""
+    from mmcli.imaging import describe
+
+    return describe(exc)
+
+
+def __getattr__(name: str) -> object:
+    if name == "to_rgb":
+        from mmcli.imaging import to_rgb
+
+        return to_rgb
+    raise AttributeError(name)
+
 
 IMAGE_EXTENSIONS = frozenset(
     [

@@ -5,6 +5,11 @@ Imports nothing heavy: the CLI's option definitions read these without loading P
 
 from __future__ import annotations
 
+import os
+import stat
+
+from mmcli.errors import InputError
+
 # Pillow's own default limit (about 13,400 x 13,400 pixels); --max-pixels raises or lowers it.
 DEFAULT_MAX_PIXELS = 178_956_970
 DEFAULT_DECODE_MEMORY = 2 << 30  # bytes of address space per decoder process (--decode-memory)
@@ -37,3 +42,14 @@ def parse_size(text: str) -> int:
     if not number * scale >= 256 << 20:
         raise ValueError(f"{text!r} is too small: a decoder needs at least 256M")
     return int(number * scale)
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse directories, FIFOs, devices and empty files before Pillow opens (or blocks on) them."""
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file")
+    if st.st_size == 0:
+        raise InputError("empty file")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
     from mmcli.cache import EmbeddingCache
     from mmcli.decoder import Decoders
-    from mmcli.inputs import Item
+    from mmcli.inputs import Item, Source
     from mmcli.pipeline import CommonOptions
     from mmcli.runtime import Runtime
 
@@ -89,30 +89,12 @@ class Loader:
             decoders.close()
 
     def _load(self, out: Outcome) -> Batch | None:
-        """Read, look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread.
-
-        Every limit applies on every path: a cache hit still has its header checked (no pixels decoded)."""
-        from mmcli.inputs import decode_source, open_source
+        from mmcli.inputs import open_source
 
         source = open_source(out.item.input)
-        max_pixels = self.options.max_pixels
-        if self.cache is not None:
-            from mmcli.cache import digest_bytes, digest_file
-
-            if source.path is not None:
-                out.digest = digest_file(source.path)
-            else:
-                out.digest = digest_bytes(source.data or b"")
-            hit = self.cache.get_many([out.digest]).get(out.digest)
-            if hit is not None:
-                import torch
-
-                self.decoders.probe(source.path, source.data, max_pixels)
-                out.value, out.cached = torch.from_numpy(hit), True
-                return None
-        decoded = decode_source(source, self.decoders, max_pixels)
-        out.warning = decoded.warning
-        return self.backend.preprocess([decoded.image])
+        return load_one(
+            out, source, self.cache, self.decoders, self.options.max_pixels, self.backend.preprocess
+        )
 
     def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
         if out.error is None and out.item.error:
@@ -186,6 +168,38 @@ class Loader:
                 if fresh:
                     self.cache.put_many(fresh)
             yield batch
+
+
+def load_one(
+    out: Outcome,
+    source: Source,
+    cache: EmbeddingCache | None,
+    decoders: Decoders,
+    max_pixels: int,
+    preprocess: Callable[[list[Any]], Batch],
+) -> Batch | None:
+    """Look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread (or a
+    server's). Every limit applies on every path: a cache hit still has its header checked (no pixels
+    decoded). A hit leaves the embedding in ``out.value`` and returns None."""
+    from mmcli.inputs import decode_source
+
+    if cache is not None:
+        from mmcli.cache import digest_bytes, digest_file
+
+        if source.path is not None:
+            out.digest = digest_file(source.path)
+        else:
+            out.digest = digest_bytes(source.data or b"")
+        hit = cache.get_many([out.digest]).get(out.digest)
+        if hit is not None:
+            import torch
+
+            decoders.probe(source.path, source.data, max_pixels)
+            out.value, out.cached = torch.from_numpy(hit), True
+            return None
+    decoded = decode_source(source, decoders, max_pixels)
+    out.warning = decoded.warning
+    return preprocess([decoded.image])
 
 
 class Backoff:

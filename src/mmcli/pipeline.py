@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from mmcli.inputs import Item
     from mmcli.registry import ModelSpec
     from mmcli.runtime import Runtime
+    from mmcli.server.remote import Remote
 
 
 EXIT_SIGTERM = 143
@@ -81,6 +82,7 @@ class CommonOptions:
     ray_address: str = "local"
     actors: int | None = None
     gpus_per_actor: float = 0.0
+    no_server: bool = False
 
 
 class StopRun(Exception):
@@ -98,6 +100,7 @@ class Task:
     embeds_images: ClassVar[bool] = False  # values are image embeddings: the cache applies
     needs: frozenset[str] = frozenset()
     model: str = ""  # the label records carry, set by Job
+    client_only: ClassVar[tuple[str, ...]] = ()  # fields that never travel to a server (sidecar writers)
 
     def options_key(self) -> dict[str, Any]:
         """The options that change this task's records: part of every resume key."""
@@ -121,6 +124,14 @@ class Task:
     def leading(self, backend: Backend) -> list[Record]:
         """Records that belong to no image (embed --text), written first."""
         return []
+
+    def deliver(self, out: Outcome, records: list[Record]) -> list[Record]:
+        """What is done where the output is written, with an input's records before they are written
+        (caption's sidecar files): in the client's process, whoever computed the records."""
+        return records
+
+    def restored(self) -> None:
+        """Rebuilt from JSON on a server (``server.wire``): set up what ``client_only`` left behind."""
 
 
 def error_record(item: Item, error: str) -> Record:
@@ -157,6 +168,7 @@ class Job(Loader):
         self.compute_s = 0.0
         self.backend: Backend
         self.runtime: Runtime
+        self.remote: Remote | None = None  # the mmcli serve this run sends its work to
         # A bad --output, or another mmcli writing it, fails now: before any weights load.
         preflight(self.format, options.output, urls=options.engine == "ray")
 
@@ -173,13 +185,7 @@ class Job(Loader):
         self.start_decoders()  # they start while the weights load
         try:
             self.backoff.device = self.runtime.device
-            opts = LoadOptions(
-                allow_pickle=self.options.allow_pickle,
-                trust_remote_code=self.options.trust_remote_code,
-                offline=self.options.offline,
-                device_map=self.options.device_map,
-                quantize=self.options.quantize,
-            )
+            opts = LoadOptions.of(self.options)
             self.backend = registry.create_backend(self.spec, self.runtime, opts)
             if self.task.embeds_images and not self.options.no_cache:
                 self.cache = self._open_cache()
@@ -188,19 +194,20 @@ class Job(Loader):
             raise
         return self.backend
 
+    def use_server(self) -> bool:
+        """Send the work to a running ``mmcli serve`` (see server.remote) rather than load the model here."""
+        if self.options.no_server or self.options.engine != "local":
+            return False
+        from mmcli.server import remote
+
+        self.remote = remote.connect(self.reporter.warn)
+        return self.remote is not None
+
     def _open_cache(self) -> EmbeddingCache:
         from mmcli import paths
         from mmcli.cache import EmbeddingCache
 
-        namespace = json.dumps(
-            [
-                self.spec.checkpoint,
-                self.spec.revision,
-                weights_stamp(self.spec.checkpoint) if self.spec.is_local else None,
-                self.runtime.device.type,
-                self.runtime.dtype_name,
-            ]
-        )
+        namespace = cache_namespace(self.spec, self.runtime)
         return EmbeddingCache(paths.cache_dir(self.options.cache_dir), namespace, warn=self.reporter.warn)
 
     @property
@@ -296,6 +303,8 @@ class Job(Loader):
         writer = self.writer
         for held in out.before:
             writer.keep(held)
+        if not any("error" in r for r in records):
+            records = self.task.deliver(out, records)
         failed = next((r for r in records if "error" in r), None)
         if out.warning and failed is None:
             for record in records:
@@ -331,6 +340,10 @@ class Job(Loader):
             from mmcli.engines.ray import run as run_on_ray
 
             return run_on_ray(self, inputs)
+        if self.use_server():
+            from mmcli.server import remote
+
+            return remote.execute(self, inputs)
         task = self.task
         backend = self.load()
         try:
@@ -408,6 +421,8 @@ class Job(Loader):
         if self.cache is not None:
             self.cache.close()
         self.close_decoders()
+        if self.remote is not None:
+            self.remote.close()
         if self.stop_signal == "SIGTERM":
             status = EXIT_SIGTERM
         elif self.stop_signal:
@@ -415,16 +430,18 @@ class Job(Loader):
         else:
             status = EXIT_PARTIAL if self.reporter.failed else EXIT_OK
         runtime = getattr(self, "runtime", None)
+        remote = self.remote
         summary = self.reporter.summary(
             task=self.task.name,
             model=self.spec.label,
-            device=runtime.device_name if runtime else "-",
-            dtype=runtime.dtype_name if runtime else "-",
+            device=remote.device if remote else runtime.device_name if runtime else "-",
+            dtype=remote.dtype if remote else runtime.dtype_name if runtime else "-",
+            server=remote.pid if remote else None,
             exit_status=status,
             stopped=self.stop_signal or self.stop_reason,
             output=self.options.output,
-            cache_hits=self.cache.hits if self.cache else 0,
-            cache_misses=self.cache.misses if self.cache else 0,
+            cache_hits=remote.cache_hits if remote else self.cache.hits if self.cache else 0,
+            cache_misses=remote.cache_misses if remote else self.cache.misses if self.cache else 0,
             data_wait_s=round(self.wait_s, 3),
             compute_s=round(self.compute_s, 3),
         )
@@ -457,6 +474,19 @@ class Job(Loader):
             raise KeyboardInterrupt
         self.stop_signal = name
         self.reporter.warn(f"{name}: finishing the current batch, then stopping (Ctrl-C again to stop now)")
+
+
+def cache_namespace(spec: ModelSpec, runtime: Runtime) -> str:
+    """What an embedding cache entry is valid for: the weights (retrained ones miss), device type, dtype."""
+    return json.dumps(
+        [
+            spec.checkpoint,
+            spec.revision,
+            weights_stamp(spec.checkpoint) if spec.is_local else None,
+            runtime.device.type,
+            runtime.dtype_name,
+        ]
+    )
 
 
 def keyed(records: list[Record], keys: list[str]) -> Iterator[tuple[str | None, Record]]:

@@ -37,6 +37,7 @@ class Summary:
     cache_misses: int
     data_wait_s: float  # time the model waited for decoded images
     compute_s: float  # time in the model
+    server: int | None = None  # the pid of the mmcli serve that ran the model; None: this process
 
     def line(self) -> str:
         parts = [f"{self.done} done"]
@@ -47,9 +48,10 @@ class Summary:
         if self.cache_hits:
             parts.append(f"{self.cache_hits} from the cache")
         stopped = f" (stopped: {self.stopped})" if self.stopped else ""
+        via = f" via server (pid {self.server})" if self.server is not None else ""
         return (
             f"{self.task}: {', '.join(parts)}; {self.items_per_s:.1f} items/s, {self.wall_s:.1f} s "
-            f"on {self.device}, {self.dtype}{stopped}"
+            f"on {self.device}, {self.dtype}{via}{stopped}"
         )
 
     def to_json(self) -> str:

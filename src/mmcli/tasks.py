@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mmcli.errors import UsageError
 from mmcli.registry import ModelSpec, configs_dir, family_entry, load_config, model_type_entry
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 BRACES = "write {{ and }} for a literal brace"
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    max_new_tokens: int = 30
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    raw_prompts: bool = False  # True: prompts reach the model as given, not through the question template
 
 
 def ensemble_templates(name: str) -> list[str]:
@@ -107,12 +120,14 @@ def rank_labels(probs: Sequence[float], labels: Sequence[str], top_k: int | None
 
 
 def cosine_ranking(
-    queries: torch.Tensor, targets: torch.Tensor, top_k: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query row, the target indices and cosine scores in descending order."""
-    import torch
+    queries: np.ndarray, targets: np.ndarray, top_k: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the target scores and indices in descending order of cosine similarity
+    (rows are L2-normalised). numpy, float32: the same figures whether the embeddings were computed here or
+    by a server; ties keep the targets' order."""
+    import numpy as np
 
-    sims = queries @ targets.T
+    sims = np.asarray(queries, dtype=np.float32) @ np.asarray(targets, dtype=np.float32).T
     k = sims.shape[1] if top_k is None else min(top_k, sims.shape[1])
-    scores, index = torch.topk(sims, k=k, dim=1)
-    return scores, index
+    index = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, index, axis=1), index

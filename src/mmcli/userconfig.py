@@ -91,6 +91,7 @@ DEFAULT_KEYS: dict[str, Callable[[Any], str | None]] = {
     "max_errors": _positive_int,
     "quiet": _boolean,
     "offline": _boolean,
+    "server": _boolean,  # false: never use a running mmcli serve (as --no-server)
 }
 
 
@@ -191,6 +192,8 @@ def apply_defaults(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     for key, value in config.defaults.items():
         if key == "format" and Path(str(values.get("output") or "")).suffix.lower() in EXTENSIONS:
             continue  # -o out.csv: the file's extension says the format, as without a config
+        if key == "server":
+            key, value = "no_server", not value
         if key in values and key not in given:
             values[key] = value
     return values

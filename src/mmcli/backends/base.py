@@ -13,8 +13,10 @@ from PIL import Image
 from mmcli.errors import CapabilityError, ModelLoadError, explain_load_error
 from mmcli.registry import ModelSpec
 from mmcli.runtime import Runtime
+from mmcli.tasks import GenerateOptions
 
 Batch = dict[str, torch.Tensor]
+__all__ = ["Backend", "Batch", "GenerateOptions", "LoadOptions"]
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,17 @@ class LoadOptions:
     device_map: str | None = None  # "auto": accelerate spreads the model over GPUs and CPU
     quantize: str | None = None  # "4bit" | "8bit" through bitsandbytes (CUDA only)
 
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    raw_prompts: bool = False  # True: prompts reach the model as given, not through the question template
+    @classmethod
+    def of(cls, options: Any) -> LoadOptions:
+        """The loading options of anything that carries them by these names (CommonOptions, a server's
+        ModelKey)."""
+        return cls(
+            allow_pickle=options.allow_pickle,
+            trust_remote_code=options.trust_remote_code,
+            offline=options.offline,
+            device_map=options.device_map,
+            quantize=options.quantize,
+        )
 
 
 class Backend(ABC):

@@ -51,7 +51,7 @@ def generate_options(
     seed: int | None,
     raw_prompts: bool = False,
 ) -> object:
-    from mmcli.backends.base import GenerateOptions
+    from mmcli.tasks import GenerateOptions
 
     check_decoding(sample, temperature, top_p, seed)
     return GenerateOptions(

@@ -233,6 +233,14 @@ GpusPerActor = Annotated[
         "--gpus-per-actor", min=0.0, help="GPUs each replica takes (0 on CPU).", rich_help_panel=RAY
     ),
 ]
+NoServer = Annotated[
+    bool,
+    typer.Option(
+        "--no-server",
+        help="Load the model in this process even when an mmcli serve is running (config: server = false).",
+        rich_help_panel=BATCH,
+    ),
+]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
 
@@ -266,6 +274,7 @@ _COMMON: list[tuple[str, object, object]] = [
     ("ray_address", RayAddress, "local"),
     ("actors", Actors, None),
     ("gpus_per_actor", GpusPerActor, 0.0),
+    ("no_server", NoServer, False),
 ]
 
 

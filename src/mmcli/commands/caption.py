@@ -226,6 +226,7 @@ class Caption(Task):
     columns = COLUMNS
     table_columns = TABLE_COLUMNS
     needs = frozenset({"generate"})
+    client_only = ("sidecars",)
 
     def __init__(self, prompt: str | None, options: Any, sidecar: str | None) -> None:
         self.prompt = prompt
@@ -245,25 +246,21 @@ class Caption(Task):
         return list(backend.generate(batch, [self.prompt] * n, self.options))
 
     def records(self, done: list[Outcome]) -> list[list[Record]]:
-        out: list[list[Record]] = []
-        for o in done:
-            if self.sidecars is not None:
-                try:
-                    self.sidecars.write(o.item.input, o.value)
-                except SidecarRefused as exc:
-                    out.append([error_record(o.item, f"sidecar not written: {exc}")])
-                    continue
-                except OSError as exc:
-                    out.append([error_record(o.item, f"cannot write the sidecar: {exc.strerror or exc}")])
-                    continue
-            out.append(
-                [
-                    {
-                        "input": o.item.input,
-                        "caption": o.value,
-                        "model": self.model,
-                        "prompt": self.shown_prompt,
-                    }
-                ]
-            )
-        return out
+        return [
+            [{"input": o.item.input, "caption": o.value, "model": self.model, "prompt": self.shown_prompt}]
+            for o in done
+        ]
+
+    def restored(self) -> None:
+        self.sidecars = None  # sidecars are written by the client, beside its images
+
+    def deliver(self, out: Outcome, records: list[Record]) -> list[Record]:
+        if self.sidecars is None:
+            return records
+        try:
+            self.sidecars.write(out.item.input, str(records[0]["caption"]))
+        except SidecarRefused as exc:
+            return [error_record(out.item, f"sidecar not written: {exc}")]
+        except OSError as exc:
+            return [error_record(out.item, f"cannot write the sidecar: {exc.strerror or exc}")]
+        return records

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,7 +44,7 @@ def compare(
     Examples: mmcli compare photos/ --text "a dog on a beach" --top-k 5
               mmcli compare query.jpg --against photos/ --top-k 5
     """
-    import torch
+    import numpy as np
 
     from mmcli import tasks
 
@@ -60,28 +60,50 @@ def compare(
         raise UsageError("compare takes its inputs on the command line, not from --manifest")
     common.overwrite = True  # rankings need every input: compare always writes its output afresh
     job = Job(CompareTask(bool(text)), common)
-    backend = job.load()
+    remote = job.use_server()
+    if remote:
+        from mmcli.server import remote as via
 
-    def encode_all(sources: list[str]) -> tuple[list[str], torch.Tensor | None]:
+        key = via.model_key(job)
+        job.remote.describe(key)  # type: ignore[union-attr]
+    else:
+        backend = job.load()
+
+    def embeddings(work: Any) -> Any:
+        if remote:
+            return via.embeddings(job, work)
+        return job.encode_images(work)
+
+    def encode_texts(texts: list[str]) -> np.ndarray:
+        if remote:
+            from mmcli.commands.embed import Embed
+
+            task = Embed(texts, False)
+            task.model = job.spec.label
+            records = job.remote.leading(key, task)  # type: ignore[union-attr]
+            return np.asarray([r["embedding"] for r in records], dtype=np.float32)
+        return backend.encode_texts(texts).numpy()
+
+    def encode_all(sources: list[str]) -> tuple[list[str], np.ndarray | None]:
         names: list[str] = []
-        rows: list[torch.Tensor] = []
-        for batch in job.encode_images(job.pending(job.items(sources))):
+        rows: list[np.ndarray] = []
+        for batch in embeddings(job.pending(job.items(sources))):
             for out in batch:
                 if out.error is not None:
                     job.emit_outcome(out, [error_record(out.item, out.error)])
                 else:
                     job.reporter.input_done()
                     names.append(out.item.input)
-                    rows.append(out.value)
+                    rows.append(np.asarray(out.value, dtype=np.float32))
             job.writer.flush()
             if job.stop_signal:
                 break
-        return names, (torch.stack(rows) if rows else None)
+        return names, (np.stack(rows) if rows else None)
 
     def body() -> None:
-        queries: torch.Tensor | None
+        queries: np.ndarray | None
         if text:
-            query_names, queries = list(text), backend.encode_texts(list(text))
+            query_names, queries = list(text), encode_texts(list(text))
             target_names, targets = encode_all(inputs)
         else:
             query_names, queries = encode_all(inputs)

@@ -116,6 +116,16 @@ def run(job: Job, inputs: Sequence[str]) -> int:
     if url is not None:
         if job.format not in URL_FORMATS:
             raise UsageError(f"--output {url}: a directory URL takes --format jsonl or parquet")
+        if (
+            type(task).deliver is not Task.deliver
+            and task.client_only
+            and any(getattr(task, name, None) is not None for name in task.client_only)
+        ):
+            raise UsageError(
+                f"--output {url}: {task.name}'s files beside the images (--sidecar) are written by this "
+                "process, and a directory URL's records never pass through it",
+                "use a local --output file with --sidecar",
+            )
         if options.strict or options.max_errors is not None:
             raise UsageError(
                 "--strict and --max-errors need records to pass through this process",

@@ -86,13 +86,7 @@ class Predictor:
             torch.set_num_threads(min(threads, os.cpu_count() or threads))  # Ray sets OMP_NUM_THREADS=1
         if not spec.is_local:
             registry.hub_offline(options.offline)  # as Job.load: an unreachable hub means the cache only
-        load = LoadOptions(
-            allow_pickle=options.allow_pickle,
-            trust_remote_code=options.trust_remote_code,
-            offline=options.offline,
-            device_map=options.device_map,
-            quantize=options.quantize,
-        )
+        load = LoadOptions.of(options)
         self.backend = registry.create_backend(spec, self.runtime, load)
         self.task.prepare(self.backend)
         # Preprocessing (resize, normalise) runs here, between forwards: spread a batch of it over threads
