@@ -72,6 +72,7 @@ def collect() -> dict[str, Any]:
         "platform": platform.platform(),
         "devices": devices(),
         "caches": caches(),
+        "server": server(),
         "config": config(),
         "environment": environment(),
     }
@@ -206,6 +207,33 @@ def config() -> dict[str, Any]:
     return report
 
 
+def server() -> dict[str, Any]:
+    """The mmcli serve runs would use: its socket, and the pid and models of the one answering there."""
+    from mmcli.server import paths
+    from mmcli.server.remote import Remote
+
+    path = paths.socket_path()
+    found: dict[str, Any] = {"socket": str(path), "pid": None, "models": [], "refused": paths.untrusted(path)}
+    if found["refused"] or not os.path.lexists(path):
+        return found
+    try:
+        remote = Remote.open(path, timeout=2.0)
+    except Exception:
+        return found  # nothing answers: a socket left by a server that was killed
+    try:
+        status = remote.status()
+        found |= {
+            "pid": status["pid"],
+            "version": remote.version,
+            "models": [m["label"] for m in status["models"]],
+        }
+    except Exception:
+        pass
+    finally:
+        remote.close()
+    return found
+
+
 def environment() -> dict[str, str | None]:
     names = [*ENVIRONMENT, *sorted(n for n in os.environ if n.startswith("MMCLI_"))]
     found: dict[str, str | None] = {}
@@ -255,6 +283,15 @@ def render_text(report: dict[str, Any]) -> str:
         origin = f"; from {cache['from']}" if cache.get("from") else ""
         rows.append((name, f"{cache['path']} ({size}{origin})"))
     section("Caches", rows)
+    srv = report["server"]
+    if srv["refused"]:
+        state = f"not used: {srv['refused']}"
+    elif srv["pid"] is None:
+        state = "none answers (runs load their model in the process)"
+    else:
+        models = ", ".join(srv["models"]) or "no model loaded"
+        state = f"pid {srv['pid']}, mmcli {srv.get('version')}; {models}"
+    section("Server", [("socket", srv["socket"]), ("state", state)])
     cfg = report["config"]
     rows = [("file", f"{cfg['path']} ({'found' if cfg['exists'] else 'none'})")]
     if cfg["error"]:

@@ -128,6 +128,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mmcli-serve-prep")
         self._closed = threading.Event()
         self.unloaded: list[str] = []  # labels of models unloaded for idleness or room, oldest first
+        self._past_passes = 0  # forward passes of models since unloaded
         self._reaper = threading.Thread(target=self._reap, name="mmcli-serve-reaper", daemon=True)
         self._reaper.start()
 
@@ -196,6 +197,7 @@ class Engine:
 
         self.slots.pop(slot.key, None)
         slot.batcher.close()
+        self._past_passes += slot.batcher.forward_passes
         device = slot.runtime.device
         del slot.backend
         slot.tasks.clear()
@@ -391,7 +393,7 @@ class Engine:
                 }
                 for s in self.slots.values()
             ]
-            passes = sum(s.batcher.forward_passes for s in self.slots.values())
+            passes = self._past_passes + sum(s.batcher.forward_passes for s in self.slots.values())
         return {
             "pid": os.getpid(),
             "uptime_s": round(now - self.started, 1),
