@@ -411,7 +411,14 @@ def test_sigterm_finishes_the_requests_in_flight(tmp_path: Path) -> None:
 
 def test_server_false_in_the_config_file_runs_in_the_process(via: Server, cli) -> None:
     Path(os.environ["MMCLI_CONFIG"]).write_text("[defaults]\nserver = false\n")
-    args = ("classify", str(SAMPLES / "shapes-red-circle.png"), "--model", "shapes-clip", "--labels", "red,blue")
+    args = (
+        "classify",
+        str(SAMPLES / "shapes-red-circle.png"),
+        "--model",
+        "shapes-clip",
+        "--labels",
+        "red,blue",
+    )
     local = cli(*args)
     assert local.code == 0 and "via server" not in local.stderr
     Path(os.environ["MMCLI_CONFIG"]).write_text("[defaults]\nserver = true\n")
@@ -419,7 +426,8 @@ def test_server_false_in_the_config_file_runs_in_the_process(via: Server, cli) -
 
 
 def test_doctor_shows_the_server(via: Server, cli) -> None:
-    assert cli("classify", str(SAMPLES / "shapes-red-circle.png"), "--model", "shapes-clip", "--labels", "a").code == 0
+    image = str(SAMPLES / "shapes-red-circle.png")
+    assert cli("classify", image, "--model", "shapes-clip", "--labels", "a").code == 0
     report = json.loads(cli("doctor", "--format", "json").stdout)
     assert report["server"]["socket"] == str(via.sock) and report["server"]["pid"] == via.proc.pid
     assert "via server" not in cli("doctor").stderr and f"pid {via.proc.pid}" in cli("doctor").text
