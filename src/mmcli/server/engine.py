@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mmcli import limits as limits_
 from mmcli.errors import InputError, MmcliError
 from mmcli.loader import Backoff, Outcome, load_one
 from mmcli.server import wire
 from mmcli.server.batching import Batcher
+from mmcli.server.work import ImageInput, ItemResult, Limits, ModelKey, RunResult
 
 if TYPE_CHECKING:
     from mmcli.backends.base import Backend, Batch
@@ -34,56 +34,6 @@ if TYPE_CHECKING:
     from mmcli.runtime import Runtime
 
 PREPARED_TASKS = 32  # per model: label sets whose embeddings are kept
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    """What decides one loaded model: the name and the options that change how it loads."""
-
-    name: str
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
-    quantize: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    offline: bool = False
-
-
-@dataclass
-class ImageInput:
-    name: str  # the input's name, as records show it
-    data: bytes | None = None  # the file's bytes
-    path: str | None = None  # or a file the server reads itself (an absolute path)
-    error: str | None = None  # failed before it reached the server
-    content_type: str | None = None  # what the web server said a downloaded file is
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_pixels: int = limits_.DEFAULT_MAX_PIXELS
-    decode_memory: int = limits_.DEFAULT_DECODE_MEMORY
-    decode_timeout: float = limits_.DEFAULT_DECODE_TIMEOUT
-    use_cache: bool = True
-    cache_dir: str | None = None
-
-
-@dataclass
-class ItemResult:
-    records: list[dict[str, Any]] | None = None
-    error: str | None = None
-    warning: str | None = None
-
-
-@dataclass
-class RunResult:
-    items: list[ItemResult]
-    label: str
-    device: str
-    dtype: str
-    cache_hits: int = 0
-    cache_misses: int = 0
 
 
 @dataclass

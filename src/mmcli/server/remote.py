@@ -24,7 +24,7 @@ from mmcli import paths as user_paths
 from mmcli.errors import InputError, MmcliError
 from mmcli.loader import Outcome, batched
 from mmcli.server import paths, protocol, wire
-from mmcli.server.engine import ImageInput, ItemResult, Limits, ModelKey, RunResult
+from mmcli.server.work import ImageInput, ItemResult, Limits, ModelKey, RunResult
 
 if TYPE_CHECKING:
     from mmcli.pipeline import Job, Task

@@ -22,7 +22,8 @@ from typing import Any
 from mmcli import __version__
 from mmcli.errors import MmcliError, UsageError
 from mmcli.server import paths, protocol, wire
-from mmcli.server.engine import Engine, ImageInput, Limits, ModelKey
+from mmcli.server.engine import Engine
+from mmcli.server.work import ImageInput, Limits, ModelKey
 
 IN_FLIGHT = 4  # requests one connection may have running at once
 
