@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# A CPU build of torch first: the project's own range then installs nothing more (fast, small).
 	$(BIN)/python -m pip install -q "$(TORCH_CPU)" || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/python -m pip install -q -e ".[dev,parquet,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,parquet,ray,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)

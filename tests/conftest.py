@@ -163,3 +163,14 @@ def backend(checkpoint: Callable[[str], Any]) -> Callable[[str], Any]:
         return loaded[kind]
 
     return get
+
+
+def rounded(value: Any) -> Any:
+    """Records with floats to 4 places: batching may move the last bits."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value

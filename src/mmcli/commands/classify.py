@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from mmcli.commands._options import Inputs, TopK, with_common_options
 from mmcli.errors import UsageError
 from mmcli.output import Record
 from mmcli.pipeline import CommonOptions, Job, Outcome, Task
+
+if TYPE_CHECKING:
+    from mmcli.registry import ModelSpec
 
 COLUMNS = ["input", "label", "score", "scores", "labels", "question", "model", "error"]
 TABLE_COLUMNS = ["input", "label", "score", "scores"]
@@ -129,27 +132,46 @@ def classify(
 
     Example: mmcli classify photos/ --labels cat,dog,bird --top-k 2
     """
-    from mmcli import registry, tasks
+    from mmcli import registry
 
     label_list = parse_labels(labels, labels_file)
-    prompt_templates(template, ensemble)  # a bad template fails before the model resolves
+    check_prompt_options(template, ensemble, question)
+    spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
+    task = classify_task(spec, label_list, template, ensemble, question, top_k, multi_label, threshold)
+    return Job(task, common, spec).execute(inputs)
+
+
+def check_prompt_options(template: str | None, ensemble: str | None, question: str | None) -> None:
+    """What can be checked before the model resolves: a bad template or an empty question fails at once."""
+    prompt_templates(template, ensemble)
     if question is not None and not question.strip():
         raise UsageError("--question is empty; leave it out for the model's own question")
-    spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
-    task: Task
+
+
+def classify_task(
+    spec: ModelSpec,
+    labels: list[str],
+    template: str | None,
+    ensemble: str | None,
+    question: str | None,
+    top_k: int | None,
+    multi_label: bool,
+    threshold: float,
+) -> Task:
+    """The classify task the model calls for: contrastive when it embeds images and texts, else generative
+    (one place for the choice: the command, ``mmcli serve`` and ``mmcli.Client`` all come here)."""
+    from mmcli import registry, tasks
+
+    check_prompt_options(template, ensemble, question)
     if {"encode_image", "encode_text"} <= spec.capabilities:
         if question is not None:
             raise UsageError("--question is for generative models; contrastive models use --template")
-        task = ContrastiveClassify(
-            label_list, template, ensemble, top_k, multi_label, threshold, spec.template
-        )
-    else:
-        registry.require(spec, {"score_text"}, "classify")
-        if template is not None or ensemble is not None:
-            raise UsageError("--template and --ensemble are for contrastive models; use --question")
-        tasks.check_question_template(spec)
-        task = GenerativeClassify(label_list, question, top_k, multi_label, threshold)
-    return Job(task, common, spec).execute(inputs)
+        return ContrastiveClassify(labels, template, ensemble, top_k, multi_label, threshold, spec.template)
+    registry.require(spec, {"score_text"}, "classify")
+    if template is not None or ensemble is not None:
+        raise UsageError("--template and --ensemble are for contrastive models; use --question")
+    tasks.check_question_template(spec)
+    return GenerativeClassify(labels, question, top_k, multi_label, threshold)
 
 
 class _Classify(Task):

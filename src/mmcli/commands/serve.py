@@ -108,23 +108,14 @@ def parse_http(value: str, token: str | None) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise UsageError(f"--http {value!r}: write HOST:PORT, e.g. 127.0.0.1:8765")
+    from mmcli.server.paths import is_loopback
+
     if not token and not is_loopback(host):
         raise UsageError(
             f"--http {value}: serving beyond this machine needs a token",
             "pass --token TOKEN (or set MMCLI_TOKEN); clients send it as 'Authorization: Bearer TOKEN'",
         )
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def log(line: str) -> None:
@@ -159,6 +150,7 @@ def run_server(
 
             http_face: Any = importlib.import_module("mmcli.server.http")  # the optional extra mmcli[serve]
             web = http_face.start(engine, listen[0], listen[1], token, max_body, log=log)
+            http_url = server.http = web.url  # the port bound (--http 127.0.0.1:0 picks one)
         engine.warm_decoders()
         for name in preload:
             engine.describe(ModelKey(name))
@@ -176,7 +168,7 @@ def run_server(
         server.stopping.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    where = f" and {http_url}" if http_url else ""
+    where = f" and {http_url}" if web is not None else ""
     log(
         f"listening on {path}{where} (pid {os.getpid()}; keep-alive {keep_alive:g} s, up to {max_models} models)"
     )

@@ -200,7 +200,7 @@ class Engine:
             slot.requests += 1
             task = self._prepared(slot, task)
             cache = self._cache(slot, limits) if task.embeds_images and limits.use_cache else None
-            outcomes = [Outcome(_item(item)) for item in items]
+            outcomes = [Outcome(_item(item), error=item.error) for item in items]
             slot.batcher.arriving(client, task)
             try:
                 loaded = self._load_all(slot, items, outcomes, cache, limits)

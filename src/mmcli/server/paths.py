@@ -73,3 +73,15 @@ def prepare_dir(path: Path) -> None:
     reason = untrusted(path)
     if reason:
         raise UsageError(f"will not serve on {path}: {reason}", "use a directory of your own (mode 0700)")
+
+
+def is_loopback(host: str) -> bool:
+    """An address only this machine reaches (a host name may resolve to anything: not loopback)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
