@@ -232,7 +232,14 @@ def main() -> int:
         )
 
         print(f"peak server memory (server + decoder processes, VmHWM): {tree_peak_mb(server.pid):.0f} MB")
-        last = time.monotonic()
+        from mmcli.commands.classify import ContrastiveClassify
+        from mmcli.server.work import ImageInput, Limits, ModelKey
+
+        task = ContrastiveClassify(["red", "blue"], None, None, None, False, 0.5)
+        remote.run(
+            ModelKey("shapes-clip"), task, [ImageInput("last", IMAGE.read_bytes())], Limits(use_cache=False)
+        )
+        last = time.monotonic()  # the last request's answer
         while remote.status()["models"]:
             time.sleep(0.1)
             if time.monotonic() - last > 30:

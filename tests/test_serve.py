@@ -214,6 +214,26 @@ def test_a_socket_others_may_write_is_not_used(cli, tmp_path: Path, monkeypatch:
     assert "via server" not in result.stderr
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a file to another user")
+def test_a_socket_another_user_owns_is_not_used(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(theirs / "mmcli.sock"))
+    listener.listen()
+    os.chown(theirs, 65534, 65534)
+    os.chown(theirs / "mmcli.sock", 65534, 65534)
+    try:
+        monkeypatch.setenv("MMCLI_SOCKET", str(theirs / "mmcli.sock"))
+        result = cli(
+            "classify", str(SAMPLES / "shapes-red-circle.png"), "--model", "shapes-clip", "--labels", "red"
+        )
+    finally:
+        listener.close()
+    assert result.code == 0 and "via server" not in result.stderr
+    assert "belongs to uid 65534, not to you" in result.stderr
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a process as another user")
 def test_another_users_process_is_refused(via: Server) -> None:
     os.chmod(via.sock.parent.parent, 0o711)
