@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from mmcli.cache import EmbeddingCache
     from mmcli.decoder import Decoders
     from mmcli.inputs import Item, Source
-    from mmcli.pipeline import CommonOptions
+    from mmcli.pipeline import CommonOptions, Task
     from mmcli.runtime import Runtime
 
 
@@ -51,6 +51,7 @@ class Loader:
     """Decoding, caching and batching for a Job (which sets these attributes)."""
 
     options: CommonOptions
+    task: Task
     backend: Backend
     runtime: Runtime
     cache: EmbeddingCache | None
@@ -92,8 +93,14 @@ class Loader:
         from mmcli.inputs import open_source
 
         source = open_source(out.item.input)
+        backend, task = self.backend, self.task
         return load_one(
-            out, source, self.cache, self.decoders, self.options.max_pixels, self.backend.preprocess
+            out,
+            source,
+            self.cache,
+            self.decoders,
+            self.options.max_pixels,
+            lambda images: task.preprocess(backend, images),
         )
 
     def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
@@ -158,7 +165,7 @@ class Loader:
     def encode_images(self, work: Iterable[Outcome]) -> Iterator[list[Outcome]]:
         """Batches of image embeddings (L2-normalised, float32, CPU) or errors, in input order; cached
         embeddings are used as they are and new ones are stored."""
-        for batch in self.forward(work, lambda collated, _n: list(self.backend.encode_images(collated))):
+        for batch in self.forward(work, lambda collated, _n: self.task.encode(self.backend, collated)):
             if self.cache is not None:
                 fresh = {
                     out.digest: out.value.numpy()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from mmcli.registry import ModelSpec
     from mmcli.runtime import Runtime
     from mmcli.server.remote import Remote
+    from mmcli.views import View
 
 
 EXIT_SIGTERM = 143
@@ -101,6 +102,8 @@ class Task:
     needs: frozenset[str] = frozenset()
     model: str = ""  # the label records carry, set by Job
     client_only: ClassVar[tuple[str, ...]] = ()  # fields that never travel to a server (sidecar writers)
+    view: View | None = None  # --view / --tta of a contrastive task (views.py); None: the model's own
+    one_vector: ClassVar[bool] = False  # one embedding per image, whatever the view (embed)
 
     def options_key(self) -> dict[str, Any]:
         """The options that change this task's records: part of every resume key."""
@@ -112,6 +115,29 @@ class Task:
 
     def prepare(self, backend: Backend) -> None:
         """Once per process, after the model loaded (encode the labels, ...)."""
+
+    def preprocess(self, backend: Backend, images: list[Any]) -> Batch:
+        """Decoded images -> model inputs, in a loader thread (or a server's): the one place, for every
+        engine, where the view decides what the model sees."""
+        if self.view is None:
+            return backend.preprocess(images)
+        from mmcli import views
+
+        return views.preprocess(self.view, backend, images)
+
+    def encode(self, backend: Backend, batch: Batch) -> list[Any]:
+        """One value per image of a collated batch of an ``embeds_images`` task (a view's several pictures
+        per image are split back and packed, or averaged for ``one_vector``)."""
+        if self.view is None:
+            return list(backend.encode_images(batch))
+        from mmcli import views
+
+        values = views.encode(backend, batch)
+        return [views.one_vector(v) for v in values] if self.one_vector and self.view.multi else values
+
+    def cache_tag(self) -> list[Any] | None:
+        """What, besides the model, decides a cached value (the view); None: the model's own view."""
+        return None if self.view is None else self.view.cache_tag(self.one_vector)
 
     def compute(self, backend: Backend, batch: Batch, n: int) -> Sequence[Any]:
         """One value per image of a collated batch (unless ``embeds_images``)."""
@@ -207,7 +233,7 @@ class Job(Loader):
         from mmcli import paths
         from mmcli.cache import EmbeddingCache
 
-        namespace = cache_namespace(self.spec, self.runtime)
+        namespace = cache_namespace(self.spec, self.runtime, self.task)
         return EmbeddingCache(paths.cache_dir(self.options.cache_dir), namespace, warn=self.reporter.warn)
 
     @property
@@ -476,17 +502,18 @@ class Job(Loader):
         self.reporter.warn(f"{name}: finishing the current batch, then stopping (Ctrl-C again to stop now)")
 
 
-def cache_namespace(spec: ModelSpec, runtime: Runtime) -> str:
-    """What an embedding cache entry is valid for: the weights (retrained ones miss), device type, dtype."""
-    return json.dumps(
-        [
-            spec.checkpoint,
-            spec.revision,
-            weights_stamp(spec.checkpoint) if spec.is_local else None,
-            runtime.device.type,
-            runtime.dtype_name,
-        ]
-    )
+def cache_namespace(spec: ModelSpec, runtime: Runtime, task: Task | None = None) -> str:
+    """What an embedding cache entry is valid for: the weights (retrained ones miss), device type, dtype,
+    and the task's view (``Task.cache_tag``; the model's own view keeps the namespace it always had)."""
+    fields: list[Any] = [
+        spec.checkpoint,
+        spec.revision,
+        weights_stamp(spec.checkpoint) if spec.is_local else None,
+        runtime.device.type,
+        runtime.dtype_name,
+    ]
+    tag = task.cache_tag() if task is not None else None
+    return json.dumps(fields if tag is None else [*fields, {"view": tag}])
 
 
 def keyed(records: list[Record], keys: list[str]) -> Iterator[tuple[str | None, Record]]:

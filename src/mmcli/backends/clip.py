@@ -55,6 +55,20 @@ class ClipBackend(Backend):
         out = self.processor.image_processor(images=images, return_tensors="pt")
         return {key: value for key, value in out.items() if isinstance(value, torch.Tensor)}
 
+    def input_size(self) -> int:
+        """The side of the square the vision tower sees (views.py resizes views and tiles to it): the
+        processor's crop, else its resize target, else the tower's configured image size."""
+        processor = self.processor.image_processor
+        sizes = [getattr(processor, "crop_size", None)] if getattr(processor, "do_center_crop", False) else []
+        sizes.append(getattr(processor, "size", None))
+        for size in sizes:
+            for key in ("height", "shortest_edge"):
+                value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+                if isinstance(value, int) and value > 0:
+                    return value
+        vision = getattr(self.model.config, "vision_config", self.model.config)
+        return int(getattr(vision, "image_size", 224) or 224)
+
     def collate(self, batches: list[Batch]) -> Batch:
         """Masked inputs of different lengths pad with zeros; the rest must match to concatenate."""
         if any("mask" in key for key in batches[0]):

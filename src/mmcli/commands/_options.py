@@ -243,6 +243,62 @@ NoServer = Annotated[
 ]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
+# What a contrastive model sees of each image (mmcli.views); checked by views.make_view, so eval's and the
+# commands' mistakes read the same.
+VIEWS = "Views (contrastive models)"
+ViewOption = Annotated[
+    str | None,
+    typer.Option(
+        "--view",
+        help="model (the checkpoint's processor) | squash (to its square input) | pad (letterboxed: nothing "
+        "cut off) | tiles (the model view plus overlapping tiles over the whole image: small objects) "
+        "\\[default: model].",
+        rich_help_panel=VIEWS,
+        show_default=False,
+    ),
+]
+Tiles = Annotated[
+    str | None,
+    typer.Option(
+        "--tiles",
+        metavar="RxC",
+        help="--view tiles: this grid of tiles \\[default: from the image size, up to 4 across its shorter side].",
+        rich_help_panel=VIEWS,
+        show_default=False,
+    ),
+]
+Pool = Annotated[
+    str | None,
+    typer.Option(
+        "--pool",
+        help="--view tiles: combine the views' scores by mean (likelihoods, the global view weighted as all "
+        "the tiles) or max \\[default: mean].",
+        rich_help_panel=VIEWS,
+        show_default=False,
+    ),
+]
+Tta = Annotated[
+    int | None,
+    typer.Option(
+        "--tta",
+        metavar="N",
+        help="Test-time augmentation: score N views per image (the image and N-1 mirrored, shifted, scaled "
+        "crops) \\[default: 1, off].",
+        rich_help_panel=VIEWS,
+        show_default=False,
+    ),
+]
+TtaCombine = Annotated[
+    str | None,
+    typer.Option(
+        "--tta-combine",
+        help="zero (the most confident tenth of the views vote; ZERO, NeurIPS 2024) | mean (average the "
+        "views' probabilities) \\[default: zero].",
+        rich_help_panel=VIEWS,
+        show_default=False,
+    ),
+]
+
 
 _COMMON: list[tuple[str, object, object]] = [
     ("model", Model, None),

@@ -9,10 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mmcli.commands._options import Inputs, TopK, with_common_options
+from mmcli.commands._options import (
+    Inputs,
+    Pool,
+    Tiles,
+    TopK,
+    Tta,
+    TtaCombine,
+    ViewOption,
+    with_common_options,
+)
 from mmcli.errors import UsageError
 from mmcli.output import Record
 from mmcli.pipeline import CommonOptions, Job, Outcome, Task
+from mmcli.views import View, make_view, refuse_generative
 
 if TYPE_CHECKING:
     from mmcli.registry import ModelSpec
@@ -125,6 +135,11 @@ def classify(
         float,
         typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold for --multi-label."),
     ] = 0.5,
+    view: ViewOption = None,
+    tiles: Tiles = None,
+    pool: Pool = None,
+    tta: Tta = None,
+    tta_combine: TtaCombine = None,
     *,
     common: CommonOptions,
 ) -> int:
@@ -136,9 +151,21 @@ def classify(
 
     label_list = parse_labels(labels, labels_file)
     check_prompt_options(template, ensemble, question)
+    seen = classify_view(view, tiles, pool, tta, tta_combine)
     spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
-    task = classify_task(spec, label_list, template, ensemble, question, top_k, multi_label, threshold)
+    task = classify_task(spec, label_list, template, ensemble, question, top_k, multi_label, threshold, seen)
     return Job(task, common, spec).execute(inputs)
+
+
+def classify_view(
+    view: str | None = None,
+    tiles: str | None = None,
+    pool: str | None = None,
+    tta: int | None = None,
+    tta_combine: str | None = None,
+) -> View:
+    """The checked --view/--tiles/--pool/--tta/--tta-combine of classify (and eval)."""
+    return make_view(view, tiles, pool, tta, tta_combine)
 
 
 def check_prompt_options(template: str | None, ensemble: str | None, question: str | None) -> None:
@@ -157,16 +184,21 @@ def classify_task(
     top_k: int | None,
     multi_label: bool,
     threshold: float,
+    view: View | None = None,
 ) -> Task:
     """The classify task the model calls for: contrastive when it embeds images and texts, else generative
-    (one place for the choice: the command, ``mmcli serve`` and ``mmcli.Client`` all come here)."""
+    (one place for the choice: the command, ``mmcli serve`` and ``mmcli.Client`` all come here). ``view``:
+    what a contrastive model sees of each image (``classify_view``); generative models refuse one."""
     from mmcli import registry, tasks
 
     check_prompt_options(template, ensemble, question)
     if {"encode_image", "encode_text"} <= spec.capabilities:
         if question is not None:
             raise UsageError("--question is for generative models; contrastive models use --template")
-        return ContrastiveClassify(labels, template, ensemble, top_k, multi_label, threshold, spec.template)
+        return ContrastiveClassify(
+            labels, template, ensemble, top_k, multi_label, threshold, spec.template, view=view
+        )
+    refuse_generative(view, spec.name)
     registry.require(spec, {"score_text"}, "classify")
     if template is not None or ensemble is not None:
         raise UsageError("--template and --ensemble are for contrastive models; use --question")
@@ -193,10 +225,12 @@ class _Classify(Task):
             "threshold": self.threshold if self.multi_label else None,
         }
 
-    def record(self, name: str, probs: list[float], **extra: object) -> Record:
-        return _record(
-            name, probs, self.labels, self.top_k, self.multi_label, self.threshold, self.model, **extra
-        )
+    def record(
+        self, name: str, probs: list[float], order: list[int] | None = None, **extra: object
+    ) -> Record:
+        """``order``: the labels best first, when not by score (a TTA vote)."""
+        ranked = _rank(probs, self.labels, self.top_k, order)
+        return _record(name, ranked, self.multi_label, self.threshold, self.model, **extra)
 
 
 class ContrastiveClassify(_Classify):
@@ -214,10 +248,13 @@ class ContrastiveClassify(_Classify):
         multi_label: bool,
         threshold: float,
         default_template: str | None = None,
+        *,
+        view: View | None = None,
     ) -> None:
         from mmcli import tasks
 
         super().__init__(labels, top_k, multi_label, threshold)
+        self.view = None if view is None or view.plain else view
         self.template = template
         self.ensemble = ensemble
         where = "the model's template (configs/models.toml)"
@@ -230,7 +267,8 @@ class ContrastiveClassify(_Classify):
         self.scoring = "softmax"
 
     def options_key(self) -> dict[str, Any]:
-        return super().options_key() | {"template": self.template, "ensemble": self.ensemble}
+        key = super().options_key() | {"template": self.template, "ensemble": self.ensemble}
+        return key if self.view is None else key | self.view.key()
 
     def prepare(self, backend: Any) -> None:
         from mmcli import tasks
@@ -244,9 +282,30 @@ class ContrastiveClassify(_Classify):
 
         from mmcli import tasks
 
+        if self.view is not None and self.view.multi:
+            return [[self.viewed(out)] for out in done]
         rows = torch.stack([out.value for out in done])
         probs = tasks.label_probabilities(rows, self.text_emb, self.scale, self.bias, self.scoring).tolist()
         return [[self.record(out.item.input, p)] for out, p in zip(done, probs, strict=True)]
+
+    def viewed(self, out: Outcome) -> Record:
+        """The record of an image seen several times: tiles pooled (``--pool``), or TTA copies combined
+        (``--tta-combine``: ZERO's vote ranks the labels, the kept views' mean probabilities are the
+        scores)."""
+        from mmcli import pooling, tasks, views
+
+        assert self.view is not None
+        matrix = views.unpack(out.value)
+        if self.view.kind == "tiles":
+            cosines = (matrix @ self.text_emb.T).T.numpy()  # (labels, views)
+            pooled = pooling.pool(cosines, self.scale, self.view.pool)
+            probs = pooling.probabilities(self.scale * pooled, self.bias, self.scoring)
+            return self.record(out.item.input, probs.tolist())
+        each = tasks.label_probabilities(matrix, self.text_emb, self.scale, self.bias, self.scoring).numpy()
+        if self.view.combine == "mean":
+            return self.record(out.item.input, each.mean(axis=0).tolist())
+        order, mean = pooling.zero_vote(each)
+        return self.record(out.item.input, mean.tolist(), order=order)
 
 
 class GenerativeClassify(_Classify):
@@ -282,19 +341,24 @@ class GenerativeClassify(_Classify):
         return [[self.record(out.item.input, out.value, question=self.asked)] for out in done]
 
 
+def _rank(
+    probs: list[float], labels: list[str], top_k: int | None, order: list[int] | None
+) -> list[tuple[str, float]]:
+    from mmcli import tasks
+
+    if order is None:
+        return tasks.rank_labels(probs, labels, top_k)
+    return [(labels[i], float(probs[i])) for i in order[:top_k]]
+
+
 def _record(
     name: str,
-    probs: list[float],
-    labels: list[str],
-    top_k: int | None,
+    ranked: list[tuple[str, float]],
     multi_label: bool,
     threshold: float,
     model: str,
     **extra: object,
 ) -> dict[str, object]:
-    from mmcli import tasks
-
-    ranked = tasks.rank_labels(probs, labels, top_k)
     record: dict[str, object] = {
         "input": name,
         "label": ranked[0][0],

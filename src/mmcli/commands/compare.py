@@ -6,9 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from mmcli.commands._options import RequiredInputs, TopK, with_common_options
+from mmcli.commands._options import Pool, RequiredInputs, Tiles, TopK, ViewOption, with_common_options
 from mmcli.errors import UsageError
-from mmcli.pipeline import CommonOptions, Job, Task, error_record
+from mmcli.output import Record
+from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
+from mmcli.views import View, make_view
 
 COLUMNS = ["query", "target", "score", "model", "input", "error"]
 TABLE_COLUMNS = ["query", "target", "score"]
@@ -36,6 +38,9 @@ def compare(
         ),
     ] = None,
     top_k: TopK = None,
+    view: ViewOption = None,
+    tiles: Tiles = None,
+    pool: Pool = None,
     *,
     common: CommonOptions,
 ) -> int:
@@ -45,8 +50,6 @@ def compare(
               mmcli compare query.jpg --against photos/ --top-k 5
     """
     import numpy as np
-
-    from mmcli import tasks
 
     if bool(text) == bool(against):
         raise UsageError("give either --text (search images by text) or --against (find look-alikes)")
@@ -58,8 +61,10 @@ def compare(
         )
     if common.manifest:
         raise UsageError("compare takes its inputs on the command line, not from --manifest")
+    seen = make_view(view, tiles, pool, allow_tta=False)
     common.overwrite = True  # rankings need every input: compare always writes its output afresh
-    job = Job(CompareTask(bool(text)), common)
+    task = CompareTask(bool(text), seen)
+    job = Job(task, common)
     remote = job.use_server()
     if remote:
         from mmcli.server import remote as via
@@ -68,23 +73,24 @@ def compare(
         job.remote.describe(key)  # type: ignore[union-attr]
     else:
         backend = job.load()
+        task.prepare(backend)
 
     def embeddings(work: Any) -> Any:
         if remote:
-            return via.embeddings(job, work)
+            return served(job, key, work)
         return job.encode_images(work)
 
     def encode_texts(texts: list[str]) -> np.ndarray:
         if remote:
             from mmcli.commands.embed import Embed
 
-            task = Embed(texts, False)
-            task.model = job.spec.label
-            records = job.remote.leading(key, task)  # type: ignore[union-attr]
+            text_task = Embed(texts, False)
+            text_task.model = job.spec.label
+            records = job.remote.leading(key, text_task)  # type: ignore[union-attr]
             return np.asarray([r["embedding"] for r in records], dtype=np.float32)
         return backend.encode_texts(texts).numpy()
 
-    def encode_all(sources: list[str]) -> tuple[list[str], np.ndarray | None]:
+    def encode_all(sources: list[str]) -> tuple[list[str], list[np.ndarray]]:
         names: list[str] = []
         rows: list[np.ndarray] = []
         for batch in embeddings(job.pending(job.items(sources))):
@@ -98,19 +104,19 @@ def compare(
             job.writer.flush()
             if job.stop_signal:
                 break
-        return names, (np.stack(rows) if rows else None)
+        return names, rows
 
     def body() -> None:
-        queries: np.ndarray | None
+        queries: list[np.ndarray]
         if text:
-            query_names, queries = list(text), encode_texts(list(text))
+            query_names, queries = list(text), list(encode_texts(list(text)))
             target_names, targets = encode_all(inputs)
         else:
             query_names, queries = encode_all(inputs)
             target_names, targets = encode_all(list(against or []))
-        if queries is None or targets is None or job.stop_signal:
+        if not queries or not targets or job.stop_signal:
             return
-        scores, index = tasks.cosine_ranking(queries, targets, top_k)
+        scores, index = task.ranking(queries, targets, bool(text), top_k)
         for q, name in enumerate(query_names):
             for score, t in zip(scores[q].tolist(), index[q].tolist(), strict=True):
                 job.emit({"query": name, "target": target_names[t], "score": score, "model": job.spec.label})
@@ -119,13 +125,54 @@ def compare(
     return job.run(body)
 
 
+def served(job: Job, key: Any, work: Any) -> Any:
+    """Image embeddings computed by a ``mmcli serve`` (CompareTask's records): outcomes whose value is a
+    float32 vector, or a view's packed matrix."""
+    import numpy as np
+
+    from mmcli.server import remote as via
+
+    task = job.task
+    assert isinstance(task, CompareTask) and job.remote is not None
+    for batch in via.results(job, job.remote, key, task, work):
+        for out, records in batch:
+            if out.error is None and records:
+                out.value = np.asarray(records[0]["embedding"], dtype=np.float32)
+                task.scale = records[0].get("scale", task.scale)
+        yield [out for out, _ in batch]
+
+
 class CompareTask(Task):
-    """Compare ranks after every embedding is known, so it uses the Job's parts rather than execute()."""
+    """Compare ranks after every embedding is known, so it uses the Job's parts rather than execute();
+    through a server, its records carry each image's embedding (and the model's logit scale, which the
+    pooled views' ``mean`` weighs with)."""
 
     name = "compare"
     columns = COLUMNS
     table_columns = TABLE_COLUMNS
     embeds_images = True
 
-    def __init__(self, with_text: bool) -> None:
+    def __init__(self, with_text: bool, view: View | None = None) -> None:
         self.needs = frozenset({"encode_image"} | ({"encode_text"} if with_text else set()))
+        self.view = None if view is None or view.plain else view
+        self.scale: float | None = None
+
+    def prepare(self, backend: Any) -> None:
+        self.scale = getattr(backend, "logit_scale", None)
+
+    def records(self, done: list[Outcome]) -> list[list[Record]]:
+        return [[{"input": o.item.input, "embedding": o.value.tolist(), "scale": self.scale}] for o in done]
+
+    def ranking(self, queries: list[Any], targets: list[Any], texts: bool, top_k: int | None) -> Any:
+        """Scores and target indices, best first per query: cosine similarities, or (several views per
+        image) the pooled similarities of their views (pooling.pooled_scores)."""
+        import numpy as np
+
+        from mmcli import pooling, tasks, views
+
+        if self.view is None or not self.view.multi:
+            return tasks.cosine_ranking(np.stack(queries), np.stack(targets), top_k)
+        query_views = [q[None] for q in queries] if texts else [views.unpack(q) for q in queries]
+        target_views = [views.unpack(t) for t in targets]
+        scores = pooling.pooled_scores(query_views, target_views, self.scale or 1.0, self.view.pool)
+        return pooling.ranking(scores, top_k)

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 import typer
 
-from mmcli.commands._options import with_common_options
+from mmcli.commands._options import Pool, Tiles, ViewOption, with_common_options
 from mmcli.errors import UsageError
 from mmcli.output import Record
 from mmcli.pipeline import CommonOptions, Job, Outcome, Task
+from mmcli.views import View, make_view
 
 COLUMNS = ["input", "text", "embedding", "model", "error"]
 TABLE_COLUMNS = ["input", "text", "dim", "embedding"]
@@ -25,6 +26,9 @@ def embed(
         list[str] | None,
         typer.Option("--text", "-t", help="A text to embed; repeatable.", show_default=False),
     ] = None,
+    view: ViewOption = None,
+    tiles: Tiles = None,
+    pool: Pool = None,
     *,
     common: CommonOptions,
 ) -> int:
@@ -36,8 +40,9 @@ def embed(
         raise UsageError("nothing to embed: give image inputs, --manifest and/or --text")
     if any(not t.strip() for t in text or []):
         raise UsageError("--text is empty: give the text to embed")
+    seen = make_view(view, tiles, pool, allow_tta=False, one_vector=True)
     images = bool(inputs) or bool(common.manifest)
-    task = Embed(list(text or []), images)
+    task = Embed(list(text or []), images, seen)
     job = Job(task, common)
     task.table = job.format == "table"
     return job.execute(list(inputs or []))
@@ -49,13 +54,18 @@ class Embed(Task):
     table_columns = TABLE_COLUMNS
     formats = ("table", "jsonl", "json", "csv", "npy", "parquet")
     embeds_images = True
+    one_vector = True  # --view tiles: the global view and the tiles' mean, half and half (views.one_vector)
 
-    def __init__(self, texts: list[str], images: bool) -> None:
+    def __init__(self, texts: list[str], images: bool, view: View | None = None) -> None:
         self.texts = texts
         self.needs = frozenset(
             ({"encode_image"} if images else set()) | ({"encode_text"} if texts else set())
         )
         self.table = False
+        self.view = None if view is None or view.plain else view
+
+    def options_key(self) -> dict[str, Any]:
+        return {} if self.view is None else self.view.key()
 
     def vector_fields(self, vector: list[float]) -> dict[str, object]:
         if self.table:

@@ -115,7 +115,7 @@ class Predictor:
         parts: list[Batch] = []
 
         def prepare(i: int) -> Batch:
-            return self.backend.preprocess([Image.fromarray(batch["image"][i])])
+            return self.task.preprocess(self.backend, [Image.fromarray(batch["image"][i])])
 
         wanted = [i for i in range(n) if not errors[i]]
         for i, future in zip(wanted, [self.pool.submit(prepare, i) for i in wanted], strict=True):
@@ -149,7 +149,7 @@ class Predictor:
         def run(chunk: list[Batch]) -> list[Any]:
             collated = self.backend.collate(chunk)
             if self.task.embeds_images:
-                return list(self.backend.encode_images(collated))
+                return self.task.encode(self.backend, collated)
             return list(self.task.compute(self.backend, collated, len(chunk)))
 
         return self.backoff.run(run, parts)

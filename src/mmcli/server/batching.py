@@ -173,7 +173,7 @@ class Batcher:
         def run(chunk: list[Batch]) -> list[Any]:
             collated = backend.collate(chunk)
             if task.embeds_images:
-                return list(backend.encode_images(collated))
+                return task.encode(backend, collated)
             return list(task.compute(backend, collated, len(chunk)))
 
         try:

@@ -199,11 +199,11 @@ class Engine:
         try:
             slot.requests += 1
             task = self._prepared(slot, task)
-            cache = self._cache(slot, limits) if task.embeds_images and limits.use_cache else None
+            cache = self._cache(slot, limits, task) if task.embeds_images and limits.use_cache else None
             outcomes = [Outcome(_item(item), error=item.error) for item in items]
             slot.batcher.arriving(client, task)
             try:
-                loaded = self._load_all(slot, items, outcomes, cache, limits)
+                loaded = self._load_all(slot, task, items, outcomes, cache, limits)
             finally:
                 slot.batcher.arrived(client, task)
             todo = [(out, data) for out, data in zip(outcomes, loaded, strict=True) if data is not None]
@@ -266,12 +266,17 @@ class Engine:
     def _load_all(
         self,
         slot: Slot,
+        task: Task,
         items: list[ImageInput],
         outcomes: list[Outcome],
         cache: EmbeddingCache | None,
         limits: Limits,
     ) -> list[Batch | None]:
         decoders = self._decoders_for(limits)
+        backend = slot.backend
+
+        def preprocess(images: list[Any]) -> Batch:
+            return task.preprocess(backend, images)  # the Task's hook, as in the CLI's own process
 
         def one(i: int) -> Batch | None:
             from mmcli.inputs import Source
@@ -284,7 +289,7 @@ class Engine:
             else:
                 source = Source(data=item.data or b"", content_type=item.content_type)
             try:
-                return load_one(out, source, cache, decoders, limits.max_pixels, slot.backend.preprocess)
+                return load_one(out, source, cache, decoders, limits.max_pixels, preprocess)
             except InputError as exc:
                 out.error = str(exc)
             except Exception as exc:  # a preprocessing bug must not sink the request
@@ -308,13 +313,13 @@ class Engine:
                 found.start()
             return found
 
-    def _cache(self, slot: Slot, limits: Limits) -> EmbeddingCache:
+    def _cache(self, slot: Slot, limits: Limits, task: Task) -> EmbeddingCache:
         from mmcli import paths
         from mmcli.cache import EmbeddingCache
         from mmcli.pipeline import cache_namespace
 
         directory = str(paths.cache_dir(limits.cache_dir))
-        namespace = cache_namespace(slot.spec, slot.runtime)
+        namespace = cache_namespace(slot.spec, slot.runtime, task)
         with self._lock:
             found = self._caches.get((directory, namespace))
             if found is None:

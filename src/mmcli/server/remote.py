@@ -335,19 +335,3 @@ def read_input(out: Outcome) -> ImageInput:
     except OSError as exc:
         out.error = describe_error(exc)
     return ImageInput(name, error=out.error)
-
-
-def embeddings(job: Job, work: Iterable[Outcome]) -> Iterator[list[Outcome]]:
-    """Image embeddings computed by the server (compare): outcomes whose value is a float32 vector."""
-    import numpy as np
-
-    from mmcli.commands.embed import Embed
-
-    assert job.remote is not None
-    task = Embed([], True)
-    task.model = job.spec.label
-    for batch in results(job, job.remote, model_key(job), task, work):
-        for out, records in batch:
-            if out.error is None and records:
-                out.value = np.asarray(records[0]["embedding"], dtype=np.float32)
-        yield [out for out, _ in batch]

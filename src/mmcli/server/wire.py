@@ -15,9 +15,10 @@ from typing import Any
 from mmcli.errors import UsageError
 from mmcli.pipeline import Task
 from mmcli.tasks import GenerateOptions
+from mmcli.views import View
 
 PACKAGE = "mmcli.commands."
-DATACLASSES: dict[str, type] = {"GenerateOptions": GenerateOptions}
+DATACLASSES: dict[str, type] = {"GenerateOptions": GenerateOptions, "View": View}
 
 
 def encode(task: Task) -> dict[str, Any]:
