@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "vqa": "mmcli.commands.vqa:vqa",
     "embed": "mmcli.commands.embed:embed",
     "compare": "mmcli.commands.compare:compare",
+    "eval": "mmcli.commands.eval:eval_command",
     "models": "mmcli.commands.models:models",
     "doctor": "mmcli.commands.doctor:doctor",
     "pull": "mmcli.commands.pull:pull",
