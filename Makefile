@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-feed bench-ray bench-coverage clean
+.PHONY: install test lint format demo bench bench-caption bench-shapes bench-cache bench-batch bench-feed bench-ray bench-coverage bench-serve bench-views bench-report clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,15 @@ bench-batch: $(STAMP)
 
 bench-feed: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/feed.py
+
+bench-serve: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/serve.py
+
+bench-views: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/views.py
+
+bench-report: $(STAMP)
+	$(OFFLINE) $(BIN)/python bench/report.py
 
 bench-ray: $(STAMP)
 	$(OFFLINE) $(BIN)/python bench/ray.py

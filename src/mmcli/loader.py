@@ -44,6 +44,7 @@ class Outcome:
     digest: str | None = None  # content hash, when the embedding cache is in use
     cached: bool = False
     warning: str | None = None  # what the decoder said about the file (libtiff, Pillow), one short line
+    thumbnail: bytes | None = None  # a small JPEG of the decoded pixels, for --report
     before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
 
 
@@ -101,6 +102,7 @@ class Loader:
             self.decoders,
             self.options.max_pixels,
             lambda images: task.preprocess(backend, images),
+            thumbnails=getattr(self, "report", None) is not None,
         )
 
     def _load_safely(self, out: Outcome) -> tuple[Outcome, Batch | None]:
@@ -184,10 +186,12 @@ def load_one(
     decoders: Decoders,
     max_pixels: int,
     preprocess: Callable[[list[Any]], Batch],
+    thumbnails: bool = False,
 ) -> Batch | None:
     """Look up the cache, decode (in a decoder process), preprocess: one input, in a loader thread (or a
     server's). Every limit applies on every path: a cache hit still has its header checked (no pixels
-    decoded). A hit leaves the embedding in ``out.value`` and returns None."""
+    decoded). A hit leaves the embedding in ``out.value`` and returns None. ``thumbnails``: also keep a small
+    JPEG of the pixels in ``out.thumbnail`` (--report)."""
     from mmcli.inputs import decode_source
 
     if cache is not None:
@@ -206,6 +210,10 @@ def load_one(
             return None
     decoded = decode_source(source, decoders, max_pixels)
     out.warning = decoded.warning
+    if thumbnails:  # --report: from the pixels decoded anyway, not a second decode
+        from mmcli.report.thumbs import thumbnail_jpeg
+
+        out.thumbnail = thumbnail_jpeg(decoded.image)
     return preprocess([decoded.image])
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from mmcli.cache import EmbeddingCache
     from mmcli.inputs import Item
     from mmcli.registry import ModelSpec
+    from mmcli.report import ReportWriter
     from mmcli.runtime import Runtime
     from mmcli.server.remote import Remote
     from mmcli.views import View
@@ -195,6 +196,8 @@ class Job(Loader):
         self.backend: Backend
         self.runtime: Runtime
         self.remote: Remote | None = None  # the mmcli serve this run sends its work to
+        self.report: ReportWriter | None = None  # --report FILE.html (attach_report)
+        self.report_at_finish = True  # False: the command closes the report itself (eval)
         # A bad --output, or another mmcli writing it, fails now: before any weights load.
         preflight(self.format, options.output, urls=options.engine == "ray")
 
@@ -219,6 +222,23 @@ class Job(Loader):
             self.close_decoders()  # a failed load leaves no process behind
             raise
         return self.backend
+
+    def attach_report(self, path: str, kind: str) -> ReportWriter:
+        """--report FILE.html: a page of every record this run writes, checked now (before any weights load)."""
+        from mmcli.report import ReportWriter
+
+        output = self.options.output
+        if output and os.path.abspath(output) == os.path.abspath(path):
+            raise UsageError(f"--report {path} is also the --output file: give the page a name of its own")
+        if self.options.engine == "ray" and output and "://" in output:
+            raise UsageError(
+                "--report needs the records to pass through this process: not with a directory URL"
+            )
+        o = self.options
+        self.report = ReportWriter(
+            path, kind, None, o.max_pixels, o.decode_memory, o.decode_timeout, overwrite=o.overwrite
+        )
+        return self.report
 
     def use_server(self) -> bool:
         """Send the work to a running ``mmcli serve`` (see server.remote) rather than load the model here."""
@@ -331,6 +351,9 @@ class Job(Loader):
             writer.keep(held)
         if not any("error" in r for r in records):
             records = self.task.deliver(out, records)
+        if self.report is not None:
+            for record in records:
+                self.report.add(record, thumbnail=out.thumbnail)
         failed = next((r for r in records if "error" in r), None)
         if out.warning and failed is None:
             for record in records:
@@ -432,6 +455,8 @@ class Job(Loader):
             self.reporter.warn("interrupted; records written so far are kept")
         except BaseException:
             self.close_decoders()  # a fatal error: no decoder process outlives the run
+            if self.report is not None:
+                self.report.abort()
             raise
         finally:
             self._restore_signal_handlers(previous)
@@ -449,6 +474,8 @@ class Job(Loader):
         self.close_decoders()
         if self.remote is not None:
             self.remote.close()
+        if self.report is not None and self.report_at_finish:
+            self.report.close(complete=complete)
         if self.stop_signal == "SIGTERM":
             status = EXIT_SIGTERM
         elif self.stop_signal:

@@ -241,6 +241,14 @@ NoServer = Annotated[
         rich_help_panel=BATCH,
     ),
 ]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Also write a self-contained HTML page (thumbnails and results) to this file.",
+        show_default=False,
+    ),
+]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
 # What a contrastive model sees of each image (mmcli.views); checked by views.make_view, so eval's and the

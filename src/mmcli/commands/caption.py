@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
-from mmcli.commands._options import Inputs, with_common_options
+from mmcli.commands._options import Inputs, Report, with_common_options
 from mmcli.errors import UsageError
 from mmcli.output import Record
 from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
@@ -206,6 +206,7 @@ def caption(
             "(never over a file mmcli did not write).",
         ),
     ] = None,
+    report: Report = None,
     *,
     common: CommonOptions,
 ) -> int:
@@ -218,7 +219,10 @@ def caption(
     options: Any = generate_options(
         max_new_tokens, num_beams, sample, temperature, top_p, seed, raw_prompts=True
     )
-    return Job(Caption(prompt, options, sidecar), common).execute(inputs)
+    job = Job(Caption(prompt, options, sidecar), common)
+    if report is not None:
+        job.attach_report(str(report), "caption")
+    return job.execute(inputs)
 
 
 class Caption(Task):

@@ -12,6 +12,7 @@ import typer
 from mmcli.commands._options import (
     Inputs,
     Pool,
+    Report,
     Tiles,
     TopK,
     Tta,
@@ -140,6 +141,7 @@ def classify(
     pool: Pool = None,
     tta: Tta = None,
     tta_combine: TtaCombine = None,
+    report: Report = None,
     *,
     common: CommonOptions,
 ) -> int:
@@ -154,7 +156,10 @@ def classify(
     seen = classify_view(view, tiles, pool, tta, tta_combine)
     spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
     task = classify_task(spec, label_list, template, ensemble, question, top_k, multi_label, threshold, seen)
-    return Job(task, common, spec).execute(inputs)
+    job = Job(task, common, spec)
+    if report is not None:
+        job.attach_report(str(report), "classify")
+    return job.execute(inputs)
 
 
 def classify_view(

@@ -18,7 +18,7 @@ import typer
 
 from mmcli.commands import _eval_data
 from mmcli.commands._eval_job import EvalJob, Shared
-from mmcli.commands._options import Pool, Tiles, Tta, TtaCombine, ViewOption, with_common_options
+from mmcli.commands._options import Pool, Report, Tiles, Tta, TtaCombine, ViewOption, with_common_options
 from mmcli.commands.classify import (
     FULL_LINE_COMMENT,
     check_prompt_options,
@@ -88,6 +88,7 @@ def eval_command(
     pool: Pool = None,
     tta: Tta = None,
     tta_combine: TtaCombine = None,
+    report: Report = None,
     compare_templates: Annotated[
         Path | None,
         typer.Option(
@@ -122,15 +123,28 @@ def eval_command(
     dataset = _eval_data.load(data, truth, labels_file)
     spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
     if entries is not None:
+        if report is not None:
+            raise UsageError("--report shows one eval: leave out --compare-templates, or drop --report")
         return rank_templates(entries, spec, dataset, common, fmt, seen)
     task = make_task(spec, dataset.labels, template, ensemble, question, seen)
     job = EvalJob(task, job_options(common), spec, dataset)
-    status = job.execute(dataset.inputs)
-    if not job.finished():
-        return status
-    asked = {"template": template, "ensemble": ensemble, "question": question}
-    result = {"model": spec.label, **{k: v for k, v in asked.items() if v is not None}, **job.metrics()}
-    # --report FILE.html (issue 13) goes here: the report module renders ``result``, this very dict.
+    page = job.attach_report(str(report), "eval") if report is not None else None
+    job.report_at_finish = False  # the page needs the metrics, known once the run is over
+    try:
+        status = job.execute(dataset.inputs)
+        if not job.finished():
+            if page is not None:
+                page.close(complete=False)
+            return status
+        asked = {"template": template, "ensemble": ensemble, "question": question}
+        result = {"model": spec.label, **{k: v for k, v in asked.items() if v is not None}, **job.metrics()}
+        if page is not None:
+            page.set_eval(result)
+            page.close()
+    except BaseException:
+        if page is not None:
+            page.abort()
+        raise
     show(result, fmt, tables)
     return status
 
