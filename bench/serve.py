@@ -167,6 +167,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="one-image calls through the server")
     parser.add_argument("--local-rounds", type=int, default=3, help="one-image calls with --no-server")
     parser.add_argument("--throughput-rounds", type=int, default=3)
+    parser.add_argument("--batch-wait", default=None, help="the server's --batch-wait (default: its own)")
     args = parser.parse_args()
 
     from mmcli.server.remote import Remote
