@@ -63,7 +63,8 @@ class Remote:
         try:
             sock.settimeout(timeout)
             sock.connect(os.fspath(path))
-            protocol.send(sock, {"id": 0, "op": "hello"})
+            with contextlib.suppress(BrokenPipeError):  # a refusal is sent at once: read it below
+                protocol.send(sock, {"id": 0, "op": "hello"})
             stream = sock.makefile("rb")
             answer = protocol.recv(stream)
         except (OSError, protocol.ProtocolError) as exc:
