@@ -70,7 +70,7 @@ def linked_tree(out: Path, files: list[Path], count: int) -> Path:
 
 
 def small_model(out: Path) -> Path:
-    from mmcli.testing import build_clip
+    from mmcli.testing.contrastive import build_clip
 
     directory = out / "clip-small"
     if not (directory / "config.json").is_file():

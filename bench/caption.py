@@ -58,7 +58,7 @@ print(json.dumps({"seconds": elapsed, "captions": out,
 
 
 def build_models(quick: bool) -> dict[str, Path]:
-    from mmcli.testing_gen import build_blip2, build_llava
+    from mmcli.testing.generative import build_blip2, build_llava
 
     size = {"hidden": 512, "image_size": 224, "patch": 14, "layers": 4, "heads": 8}
     if quick:
@@ -185,7 +185,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     models = build_models(args.quick)
     paths = make_images(args.images)
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     print(
         f"mmcli caption vs transformers pipeline('image-text-to-text'), {len(paths)} images 640x480, "

@@ -152,12 +152,12 @@ def prompt_words() -> list[str]:
 
 
 def ensure_model(out: Path) -> Path:
-    """The ViT-B/32 checkpoint in out/clip-vit-b32 (mmcli.testing.build_clip_vit_b32), built once."""
-    from mmcli.testing import build_clip_vit_b32
+    """The ViT-B/32 checkpoint in out/clip-vit-b32 (mmcli.testing.contrastive.build_clip_vit_b32), built once."""
+    from mmcli.testing.contrastive import build_clip_vit_b32
 
     directory = out / "clip-vit-b32"
     stamp = directory / "bench-stamp.json"
-    wanted = {"builder": "mmcli.testing.build_clip_vit_b32", "seed": 0, "words": prompt_words()}
+    wanted = {"builder": "mmcli.testing.contrastive.build_clip_vit_b32", "seed": 0, "words": prompt_words()}
     built = stamp.is_file() and (directory / "model.safetensors").is_file()
     if built and json.loads(stamp.read_text()) == wanted:
         return directory
@@ -438,7 +438,7 @@ def report(fig: dict[str, Any]) -> str:
     add(f"  cpu: {fig['env']['cpu']}; torch {fig['env']['torch']}, transformers {fig['env']['transformers']}")
     add(
         f"  checkpoint: {fig['env']['checkpoint']} ({fig['env']['params_m']:.0f} M params, "
-        "mmcli.testing.build_clip_vit_b32)"
+        "mmcli.testing.contrastive.build_clip_vit_b32)"
     )
     add("")
     add(f"{'throughput':<44}{'images/s':>10}{'rounds':>28}{'CPU-s/img':>11}{'noise':>7}")

@@ -344,7 +344,7 @@ def build_once(model_type: str, out: Path, scale: float) -> dict[str, Any]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    from mmcli import testing_vlm
+    from mmcli.testing import vlm as testing_vlm
 
     model_class = getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     processor_name = PROCESSOR_MAPPING_NAMES.get(model_type)
@@ -410,7 +410,7 @@ def build_main(model_type: str, out: Path) -> int:
     """The generic build; when it fails and the zoo (tests/zoo.py) has a recipe for the type, that one."""
     from tests import zoo
 
-    from mmcli.backends.base import quiet_transformers
+    from mmcli.modeling.backends.base import quiet_transformers
 
     quiet_transformers()
     try:
@@ -435,7 +435,7 @@ def precheck(model_type: str) -> str | None:
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    from mmcli import testing_vlm
+    from mmcli.testing import vlm as testing_vlm
 
     if zoo.family_of(model_type) is not None:
         return None

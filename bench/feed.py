@@ -35,8 +35,10 @@ def default_workers() -> list[int]:
 def feed_rate(model: Path, files: list[Path], workers: int) -> float:
     """Images/s through the loader alone (read, isolated decode, preprocess, batch), decoders started."""
     from mmcli.commands.classify import ContrastiveClassify
-    from mmcli.inputs import Item
-    from mmcli.pipeline import CommonOptions, Job, Outcome
+    from mmcli.run.loader import Outcome
+    from mmcli.run.options import CommonOptions
+    from mmcli.run.pipeline import Job
+    from mmcli.sources.inputs import Item
 
     options = CommonOptions(model=str(model), workers=workers, no_cache=True, quiet=True, batch_size=16)
     task = ContrastiveClassify(["cat", "dog"], None, None, None, multi_label=False, threshold=0.5)

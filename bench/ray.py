@@ -31,11 +31,11 @@ MODEL = {"hidden": 512, "layers": 8, "heads": 8, "image_size": 224, "patch": 32,
 
 
 def ensure_model(out: Path) -> Path:
-    from mmcli.testing import build_clip
+    from mmcli.testing.contrastive import build_clip
 
     directory = out / "clip-s32"
     stamp = directory / "bench-stamp.json"
-    wanted = {"builder": "mmcli.testing.build_clip", **MODEL, "words": prompt_words()}
+    wanted = {"builder": "mmcli.testing.contrastive.build_clip", **MODEL, "words": prompt_words()}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return directory
     shutil.rmtree(directory, ignore_errors=True)

@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "src"))
 
-from mmcli import shapes  # noqa: E402
-from mmcli.report import ReportWriter, thumbnail_jpeg  # noqa: E402
+from mmcli.sinks.report import ReportWriter, thumbnail_jpeg  # noqa: E402
+from mmcli.testing import shapes  # noqa: E402
 
 
 def images(n: int, distinct: int) -> Path:

@@ -82,8 +82,8 @@ CLIENT = """
 import sys, time
 from mmcli.commands.classify import ContrastiveClassify
 from mmcli.server.engine import ImageInput, Limits, ModelKey
-from mmcli.server.remote import Remote
-from mmcli.registry import resolve
+from mmcli.run.remote.client import Remote
+from mmcli.modeling.registry import resolve
 remote = Remote.open(sys.argv[1])
 labels = [l.strip() for l in open(sys.argv[2]) if l.strip() and not l.startswith("#")]
 task = ContrastiveClassify(labels, None, None, None, False, 0.5)
@@ -170,7 +170,7 @@ def main() -> int:
     parser.add_argument("--batch-wait", default=None, help="the server's --batch-wait (default: its own)")
     args = parser.parse_args()
 
-    from mmcli.server.remote import Remote
+    from mmcli.run.remote.client import Remote
 
     work = Path(tempfile.mkdtemp(prefix="mmcli-bench-serve-"))
     run_dir = work / "run"
@@ -234,7 +234,7 @@ def main() -> int:
 
         print(f"peak server memory (server + decoder processes, VmHWM): {tree_peak_mb(server.pid):.0f} MB")
         from mmcli.commands.classify import ContrastiveClassify
-        from mmcli.server.work import ImageInput, Limits, ModelKey
+        from mmcli.run.remote.work import ImageInput, Limits, ModelKey
 
         task = ContrastiveClassify(["red", "blue"], None, None, None, False, 0.5)
         remote.run(

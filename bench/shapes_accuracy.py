@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/shapes_accuracy.py            # 600 images (--n), all checks
     HF_HUB_OFFLINE=1 .venv/bin/python bench/shapes_accuracy.py --quick    # 120 images
 
-Renders ``--n`` scenes with ``mmcli.shapes.scene(seed)`` for seeds from 3 000 000 000 (the training
+Renders ``--n`` scenes with ``mmcli.testing.shapes.scene(seed)`` for seeds from 3 000 000 000 (the training
 scripts use seeds below 2 000 000 000, their own checks 2 000 000 000 on), every third one saved as a
 JPEG (quality 40-95), the rest as PNG, into bench/out/shapes/. Then runs ``.venv/bin/mmcli`` in
 subprocesses, ``-f jsonl``, and compares each record with the scene's ground truth:
@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from mmcli import shapes  # noqa: E402
+from mmcli.testing import shapes  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 SEED0 = 3_000_000_000

@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/views.py            # 96 + 96 images, every setting
     HF_HUB_OFFLINE=1 .venv/bin/python bench/views.py --quick    # 48 + 48
 
-Two sets, rendered with ``mmcli.shapes.scene`` from seeds no training script or other bench uses:
+Two sets, rendered with ``mmcli.testing.shapes.scene`` from seeds no training script or other bench uses:
 
   small      the shape covers 6-14 % of the shorter side, canvases 640x480 to 1200x600 (what the issue
              calls small shapes: the model's 64 px squash leaves them a few pixels wide)
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from mmcli import shapes  # noqa: E402
+from mmcli.testing import shapes  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 SEEDS = {"small": 3_300_000_000, "ordinary": 3_200_000_000}
@@ -192,7 +192,7 @@ def main() -> None:
         print(
             f"  search {name}: mAP {row['small']['map']:.3f} / {row['ordinary']['map']:.3f}", file=sys.stderr
         )
-    from mmcli import views
+    from mmcli.modeling import views
 
     border = views.edge_colour
     for fill, colour in FILLS.items():

@@ -37,20 +37,20 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(autouse=True)
 def pillow_limit_restored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests that decode in this process (mmcli.imaging) set Pillow's global pixel limit: undo it after each."""
+    """Tests that decode in this process (mmcli.sources.imaging) set Pillow's global pixel limit: undo it after each."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcli.testing import build_clip
+    from mmcli.testing.contrastive import build_clip
 
     return build_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcli.testing import build_siglip
+    from mmcli.testing.contrastive import build_siglip
 
     return build_siglip(tmp_path_factory.mktemp("tiny-siglip"))
 
@@ -123,14 +123,14 @@ def run_mmcli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None
 
 @pytest.fixture(scope="session")
 def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcli.testing_gen import build_blip2
+    from mmcli.testing.generative import build_blip2
 
     return build_blip2(tmp_path_factory.mktemp("tiny-blip2"), language="opt")
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmcli.testing_gen import build_llava
+    from mmcli.testing.generative import build_llava
 
     return build_llava(tmp_path_factory.mktemp("tiny-llava"))
 
@@ -151,8 +151,8 @@ def one_thread() -> Iterator[None]:
 def backend(checkpoint: Callable[[str], Any]) -> Callable[[str], Any]:
     """A backend per kind (the requesting module's ``checkpoint`` fixture builds it), loaded once through the
     registry, as ``--model <dir>`` loads it."""
-    from mmcli import registry, runtime
-    from mmcli.backends.base import LoadOptions
+    from mmcli.modeling import registry, runtime
+    from mmcli.modeling.backends.base import LoadOptions
 
     loaded: dict[str, Any] = {}
 

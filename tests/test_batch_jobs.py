@@ -241,7 +241,7 @@ def test_cache_hits_on_the_second_run_with_new_labels(
     first = cli(*base, "-l", "cat,dog").jsonl()
     facts = json.loads(summary.read_text())
     assert (facts["cache_hits"], facts["cache_misses"]) == (0, 5)
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     calls = []
     original = ClipBackend.encode_images
@@ -311,8 +311,8 @@ def test_first_record_arrives_long_before_the_walk_of_10000_files_ends(
 ) -> None:
     import io
 
-    import mmcli.inputs
-    import mmcli.output
+    import mmcli.sinks.output
+    import mmcli.sources.inputs
 
     buf = io.BytesIO()
     random_image(1, (16, 16)).save(buf, format="PNG")
@@ -323,22 +323,22 @@ def test_first_record_arrives_long_before_the_walk_of_10000_files_ends(
         for i in range(100):
             (sub / f"{i:03d}.png").write_bytes(png)
     walked = {"n": 0, "at_first_record": None}
-    original_expand = mmcli.inputs.expand
+    original_expand = mmcli.sources.inputs.expand
 
     def counting_expand(*args, **kwargs):
         for item in original_expand(*args, **kwargs):
             walked["n"] += 1
             yield item
 
-    original_write = mmcli.output.JsonlWriter.write
+    original_write = mmcli.sinks.output.JsonlWriter.write
 
     def noting_write(self, record):
         if walked["at_first_record"] is None:
             walked["at_first_record"] = walked["n"]
         original_write(self, record)
 
-    monkeypatch.setattr(mmcli.inputs, "expand", counting_expand)
-    monkeypatch.setattr(mmcli.output.JsonlWriter, "write", noting_write)
+    monkeypatch.setattr(mmcli.sources.inputs, "expand", counting_expand)
+    monkeypatch.setattr(mmcli.sinks.output.JsonlWriter, "write", noting_write)
     result = cli(
         "embed", tmp_path / "tree", "--model", tiny_clip, "-b", "16", "--format", "jsonl", "--workers", "2"
     )
@@ -509,7 +509,7 @@ def test_manifest_as_the_only_input_and_after_the_command_line(
 def test_a_second_process_on_the_same_output_stops_at_once(
     tmp_path: Path, tiny_clip: Path, image_dir: Path, cli
 ) -> None:
-    from mmcli.resume import OutputLock
+    from mmcli.sinks.resume import OutputLock
 
     out = tmp_path / "out.jsonl"
     held = OutputLock(str(out))  # as another mmcli writing it would

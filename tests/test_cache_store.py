@@ -1,4 +1,4 @@
-"""The on-disk embedding cache (mmcli.cache): round trips, isolation, threads, processes, damaged files."""
+"""The on-disk embedding cache (mmcli.run.cache): round trips, isolation, threads, processes, damaged files."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmcli import cache as cache_module
-from mmcli.cache import FILENAME, EmbeddingCache, describe, digest_bytes
+from mmcli.run import cache as cache_module
+from mmcli.run.cache import FILENAME, EmbeddingCache, describe, digest_bytes
 
 NS = "clip-b32|rev0|fp32|224-center"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -134,7 +134,7 @@ WORKER = textwrap.dedent(
     """
     import hashlib, os, sys, time
     import numpy as np
-    from mmcli.cache import EmbeddingCache, digest_bytes
+    from mmcli.run.cache import EmbeddingCache, digest_bytes
 
     directory, index, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 

@@ -18,8 +18,8 @@ def _paths(image_dir):
 
 
 def _backend(model_dir):
-    from mmcli import registry, runtime
-    from mmcli.backends.base import LoadOptions
+    from mmcli.modeling import registry, runtime
+    from mmcli.modeling.backends.base import LoadOptions
 
     return registry.create_backend(
         registry.resolve(str(model_dir)), runtime.resolve("cpu", "fp32"), LoadOptions()
@@ -27,7 +27,7 @@ def _backend(model_dir):
 
 
 def _one_at_a_time(model_dir, paths, prompt, raw):
-    from mmcli.backends.base import GenerateOptions
+    from mmcli.modeling.backends.base import GenerateOptions
 
     backend = _backend(model_dir)
     options = GenerateOptions(max_new_tokens=12, raw_prompts=raw)
@@ -109,7 +109,7 @@ def test_vqa_one_record_per_image_and_question_in_order(cli, request, image_dir,
     records = result.jsonl()
     asked = ["What shape is it?", "What color is it?"]
     assert [(r["input"], r["question"]) for r in records] == [(p, q) for p in paths for q in asked]
-    from mmcli.backends.base import GenerateOptions
+    from mmcli.modeling.backends.base import GenerateOptions
 
     backend = _backend(model)
     for r in records:

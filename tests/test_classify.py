@@ -88,7 +88,7 @@ def _direct_probs(model_dir, path, labels, templates):
 
 
 def test_ensemble_averages_normalised_template_embeddings(cli, tiny_clip, image_dir):
-    from mmcli.tasks import ensemble_templates
+    from mmcli.modeling.tasks import ensemble_templates
 
     path = files(image_dir)[0]
     templates = ensemble_templates("imagenet80")
@@ -158,7 +158,7 @@ def test_labels_file_and_repeated_labels(cli, tiny_clip, image_dir, tmp_path):
 
 
 def test_label_embeddings_are_computed_once_per_run(cli, tiny_clip, image_dir, monkeypatch):
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     calls = []
     original = ClipBackend.encode_texts

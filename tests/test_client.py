@@ -121,7 +121,7 @@ def test_requests_are_checked_as_the_cli_checks_options(client: Client) -> None:
 
 
 def test_parameters_from_a_form_and_labels_with_commas() -> None:
-    from mmcli import registry
+    from mmcli.modeling import registry
     from mmcli.server.params import parse_call
 
     resolve = lambda name, revision: registry.resolve(name, revision)  # noqa: E731

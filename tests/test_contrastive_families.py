@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcli import testing
+from mmcli.testing import contrastive as testing
 
 WORDS = ["a", "photo", "of", "this", "is", "cat", "dog", "bird", "car", "red", "green", "blue", "circle"]
 LABELS = ["cat", "dog", "red circle"]
@@ -208,15 +208,15 @@ def spec_of(directory: Path) -> Any:
     """The spec the registry gives a local checkpoint of a contrastive family (built by hand)."""
     import json
 
-    from mmcli.registry import ModelSpec
+    from mmcli.modeling.registry import ModelSpec
 
     model_type = json.loads((directory / "config.json").read_text())["model_type"]
     return ModelSpec(name=str(directory), family="clip", checkpoint=str(directory), model_type=model_type)
 
 
 def backend_of(directory: Path) -> Any:
-    from mmcli.backends.clip import ClipBackend
-    from mmcli.runtime import resolve
+    from mmcli.modeling.backends.clip import ClipBackend
+    from mmcli.modeling.runtime import resolve
 
     return ClipBackend(spec_of(directory), resolve("cpu", "fp32"))
 
@@ -243,7 +243,7 @@ def embed_and_score(
     backend: Any, paths: list[str], one_by_one: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image embeddings (in one batch, or one image per batch) and the label probabilities mmcli gives."""
-    from mmcli import tasks
+    from mmcli.modeling import tasks
 
     parts = [backend.preprocess([Image.open(p).convert("RGB")]) for p in paths]
     batches = [[part] for part in parts] if one_by_one else [parts]
@@ -286,9 +286,9 @@ def test_scale_bias_and_text_settings_come_from_the_checkpoint(checkpoints):
 
 
 def test_siglip_needs_no_config_line(checkpoints, monkeypatch):
-    import mmcli.backends.clip
+    import mmcli.modeling.backends.clip
 
-    monkeypatch.setattr(mmcli.backends.clip, "model_type_entry", lambda model_type: {})
+    monkeypatch.setattr(mmcli.modeling.backends.clip, "model_type_entry", lambda model_type: {})
     backend = backend_of(checkpoints("siglip"))  # a logit bias: sigmoid, texts padded to the context
     assert backend.scoring == "sigmoid"
     assert backend.text_kwargs == {"padding": "max_length", "truncation": True, "max_length": 64}
@@ -297,8 +297,8 @@ def test_siglip_needs_no_config_line(checkpoints, monkeypatch):
 def test_config_overrides_what_the_checkpoint_implies(checkpoints):
     from dataclasses import replace
 
-    from mmcli.backends.clip import ClipBackend
-    from mmcli.runtime import resolve
+    from mmcli.modeling.backends.clip import ClipBackend
+    from mmcli.modeling.runtime import resolve
 
     options = {"scoring": "softmax", "text_padding": True, "text_max_length": 16}
     backend = ClipBackend(replace(spec_of(checkpoints("siglip2")), options=options), resolve("cpu", "fp32"))

@@ -169,7 +169,7 @@ def test_a_fifo_without_a_reader_and_a_file_format_on_a_stream_are_refused(tmp_p
 @pytest.fixture
 def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs fail loudly if they get as far as loading the model."""
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     def refuse(*_: object, **__: object) -> None:
         raise AssertionError("the model was loaded")
@@ -195,7 +195,7 @@ def test_an_unwritable_output_fails_before_the_model_loads(tmp_path: Path, cli, 
 
 
 def test_a_second_writer_stops_before_the_model_loads(tmp_path: Path, cli, no_loading) -> None:
-    from mmcli.resume import OutputLock
+    from mmcli.sinks.resume import OutputLock
 
     out = tmp_path / "out.jsonl"
     held = OutputLock(str(out))
@@ -209,8 +209,8 @@ def test_a_second_writer_stops_before_the_model_loads(tmp_path: Path, cli, no_lo
 def test_a_run_that_fails_to_load_leaves_no_lock(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mmcli import registry
     from mmcli.errors import ModelLoadError
+    from mmcli.modeling import registry
 
     def fail(*_: object, **__: object) -> None:
         raise ModelLoadError("no weights here")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mmcli import fetch
 from mmcli.errors import InputError
+from mmcli.sources import fetch
 from tests.conftest import Result, run_mmcli
 
 # -- the fetch timeout bounds the whole download ------------------------------------------------------------
@@ -87,7 +87,7 @@ NO_MODEL = "no-such-org/no-such-model"  # offline: resolving it is a load error 
 @pytest.fixture
 def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any weights loading fails the test: the mistake must be found before."""
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     def refuse(*args: object) -> None:
         raise AssertionError("weights were loaded before the mistake was found")
@@ -126,7 +126,7 @@ def test_bad_template_is_a_usage_error_before_the_model(cli, template: str, prob
 
 
 def test_doubled_braces_are_literal_braces(cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     seen: list[str] = []
     encode = ClipBackend.encode_texts
@@ -141,7 +141,7 @@ def test_doubled_braces_are_literal_braces(cli, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_ensemble_templates_are_checked_before_the_model(cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcli import tasks
+    from mmcli.modeling import tasks
 
     bad = {"ensembles": {"mine": {"templates": ["a photo of a {}.", "{} next to {}"]}}}
     monkeypatch.setattr(tasks, "load_config", lambda name: bad)
@@ -150,14 +150,14 @@ def test_ensemble_templates_are_checked_before_the_model(cli, monkeypatch: pytes
 
 
 def test_every_shipped_ensemble_template_passes_the_check() -> None:
-    from mmcli import registry, tasks
+    from mmcli.modeling import registry, tasks
 
     names = registry.load_config("templates.toml")["ensembles"]
     assert {name: len(tasks.ensemble_templates(name)) for name in names} == {"imagenet80": 80, "imagenet7": 7}
 
 
 def test_model_template_from_the_config_is_checked(cli, no_weights, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     table = registry.aliases() | {
         "odd-clip": {"family": "clip", "checkpoint": "models/shapes-clip", "template": "a {} of {}"}
@@ -171,7 +171,7 @@ def test_model_template_from_the_config_is_checked(cli, no_weights, monkeypatch:
 def test_question_template_from_the_config_is_checked(
     cli, no_weights, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     odd = {"family": "blip2", "checkpoint": "models/shapes-blip2", "question_template": "Q: {} A: {}"}
     table = registry.aliases() | {"odd-blip2": odd}

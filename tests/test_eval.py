@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmcli import shapes
+from mmcli.testing import shapes
 
 CLASSES = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("purple", "star")]
 PER_CLASS = 3

@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcli import registry, runtime
-from mmcli.backends import vlm
-from mmcli.backends.base import GenerateOptions, LoadOptions
 from mmcli.errors import DeviceError, UsageError
+from mmcli.modeling import registry, runtime
+from mmcli.modeling.backends import vlm
+from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import vlm_common as common
 from tests.vlm_common import GREEDY
 
@@ -45,7 +45,7 @@ IMAGES = [image(seed) for seed in range(8)]
 
 
 def build(kind: str, directory: Path) -> Path:
-    from mmcli import testing_gen
+    from mmcli.testing import generative as testing_gen
 
     builders: dict[str, Callable[[Path], Path]] = {
         "blip2-opt": lambda d: testing_gen.build_blip2(d, language="opt"),

@@ -25,10 +25,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcli import registry, runtime
-from mmcli.backends import generation, loading
-from mmcli.backends.base import GenerateOptions, LoadOptions
 from mmcli.errors import ModelLoadError, UsageError, explain_load_error
+from mmcli.modeling import registry, runtime
+from mmcli.modeling.backends import generation, loading
+from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ IMAGES = [image(seed) for seed in range(3)]
 def build_git(out: Path) -> Path:
     import transformers
 
-    from mmcli.testing_gen import speak
+    from mmcli.testing.generative import speak
 
     torch.manual_seed(0)
     tok = zoo.bert_tokenizer()
@@ -86,7 +86,7 @@ def build_git(out: Path) -> Path:
 def build_pix2struct(out: Path) -> Path:
     import transformers
 
-    from mmcli.testing_gen import speak, t5_tokenizer
+    from mmcli.testing.generative import speak, t5_tokenizer
 
     torch.manual_seed(0)
     tok = t5_tokenizer()
@@ -109,7 +109,7 @@ def build_instructblip_t5(out: Path) -> Path:
     """InstructBLIP with a Flan-T5 language model: an encoder-decoder only its text config says it is."""
     import transformers
 
-    from mmcli import testing_gen
+    from mmcli.testing import generative as testing_gen
 
     torch.manual_seed(0)
     tok = testing_gen.t5_tokenizer()
@@ -152,7 +152,7 @@ def build_remote(out: Path, auto_class: str = "AutoModelForImageTextToText") -> 
     from safetensors.torch import save_file
     from transformers import LlavaForConditionalGeneration
 
-    from mmcli.testing_gen import build_llava
+    from mmcli.testing.generative import build_llava
 
     build_llava(out)
     weights = LlavaForConditionalGeneration.from_pretrained(out).state_dict()  # the names the classes use
@@ -443,7 +443,7 @@ def test_processors_load_without_their_video_part(
 
 
 def loading_has_torchvision() -> bool:
-    from mmcli.testing_vlm import has_torchvision
+    from mmcli.testing.vlm import has_torchvision
 
     return has_torchvision()
 

@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcli import registry, runtime
-from mmcli.backends import generic
-from mmcli.backends.base import GenerateOptions, LoadOptions
 from mmcli.errors import DeviceError
+from mmcli.modeling import registry, runtime
+from mmcli.modeling.backends import generic
+from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import vlm_common as common
 from tests.vlm_common import GREEDY
 
@@ -48,7 +48,8 @@ IMAGES = [image(seed) for seed in range(5)]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    from mmcli import testing_gen, testing_vlm
+    from mmcli.testing import generative as testing_gen
+    from mmcli.testing import vlm as testing_vlm
 
     builders: dict[str, Callable[[Path], Path]] = {
         "qwen2_vl": testing_vlm.build_qwen2_vl,

@@ -1,4 +1,4 @@
-"""mmcli.inputs: expanding CLI inputs into items, and decoding images safely to RGB.
+"""mmcli.sources.inputs: expanding CLI inputs into items, and decoding images safely to RGB.
 
 Every image is built here, in ``tmp_path``, with Pillow and numpy.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 
-from mmcli import imaging
 from mmcli.errors import InputError
-from mmcli.inputs import Item, expand, load_image, read_paths, to_rgb, walk
+from mmcli.sources import imaging
+from mmcli.sources.inputs import Item, expand, load_image, read_paths, to_rgb, walk
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -655,7 +655,7 @@ def test_glob_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (tmp_path / f"d{d:02d}").mkdir()
         for i in range(3):
             solid(tmp_path / f"d{d:02d}" / f"{i}.png")
-    from mmcli import inputs
+    from mmcli.sources import inputs
 
     listed: list[str] = []
     real = os.scandir

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmcli import imaging
-from mmcli.decoder import Decoders
 from mmcli.errors import InputError
-from mmcli.limits import MAX_DECODED_PIXELS, parse_size
+from mmcli.sources import imaging
+from mmcli.sources.decoder import Decoders
+from mmcli.sources.limits import MAX_DECODED_PIXELS, parse_size
 from tests import fuzz_corpus
 
 HERE = Path(__file__).parent
@@ -303,7 +303,7 @@ def decoder_children() -> set[int]:
                 command = f.read()
         except OSError:
             continue
-        if b"mmcli.decode_worker" in command:
+        if b"mmcli.sources.decode_worker" in command:
             found.add(pid)
     return found
 

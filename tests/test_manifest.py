@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from mmcli.errors import UsageError
-from mmcli.inputs import Item, count_inputs, expand, expand_manifest, read_manifest
+from mmcli.sources.inputs import Item, count_inputs, expand
+from mmcli.sources.manifest import expand_manifest, read_manifest
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -63,7 +64,7 @@ def test_parquet(tmp_path: Path) -> None:
 
 
 def test_parquet_read_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcli import manifest as module
+    from mmcli.sources import manifest as module
 
     monkeypatch.setattr(module, "PARQUET_BATCH_ROWS", 10)
     names = [f"/data/{i:05d}.png" for i in range(95)]
@@ -242,7 +243,7 @@ def test_large_jsonl_manifest_streams(tmp_path: Path) -> None:
 def test_large_parquet_manifest_reads_a_batch_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mmcli import manifest as module
+    from mmcli.sources import manifest as module
 
     monkeypatch.setattr(module, "PARQUET_BATCH_ROWS", 1000)
     rows = 200_000

@@ -14,8 +14,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from mmcli import output
 from mmcli.errors import ModelLoadError, explain_load_error
+from mmcli.sinks import output
 
 
 def _response(status: int) -> httpx2.Response:
@@ -74,10 +74,10 @@ def test_jsonl_escapes_undecodable_file_name_bytes():
 
 
 def test_load_options_reach_from_pretrained():
-    from mmcli.backends.base import LoadOptions
-    from mmcli.backends.clip import ClipBackend
-    from mmcli.registry import ModelSpec
-    from mmcli.runtime import resolve
+    from mmcli.modeling.backends.base import LoadOptions
+    from mmcli.modeling.backends.clip import ClipBackend
+    from mmcli.modeling.registry import ModelSpec
+    from mmcli.modeling.runtime import resolve
 
     spec = ModelSpec(name="x", family="clip", checkpoint="org/name", revision="v1")
     backend = ClipBackend.__new__(ClipBackend)

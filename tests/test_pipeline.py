@@ -7,7 +7,7 @@ import torch
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_records(cli, tiny_clip, image_dir, monkeypatch):
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     args = [
         "classify",
@@ -43,7 +43,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_records(cli, tiny_cli
 
 
 def test_out_of_memory_with_one_image_is_fatal_with_advice(cli, tiny_clip, image_dir, monkeypatch):
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     def no_memory(self, batch):
         raise RuntimeError("MPS backend out of memory")
@@ -55,7 +55,7 @@ def test_out_of_memory_with_one_image_is_fatal_with_advice(cli, tiny_clip, image
 
 
 def test_other_backend_errors_are_not_mistaken_for_out_of_memory(cli, tiny_clip, image_dir, monkeypatch):
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     def broken(self, batch):
         raise RuntimeError("shape mismatch")

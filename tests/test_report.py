@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from mmcli.errors import MmcliError, UsageError
-from mmcli.report import MARKER, ReportWriter, is_report, thumbnail_jpeg
-from mmcli.report.thumbs import NOT_FETCHED, THUMB_SIZE
+from mmcli.sinks.report import MARKER, ReportWriter, is_report, thumbnail_jpeg
+from mmcli.sinks.report.thumbs import NOT_FETCHED, THUMB_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -431,7 +431,9 @@ def test_abort_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_importing_the_report_loads_neither_pillow_nor_torch() -> None:
-    code = "import sys, mmcli.report; print(sorted({'PIL', 'torch', 'transformers'} & set(sys.modules)))"
+    code = (
+        "import sys, mmcli.sinks.report; print(sorted({'PIL', 'torch', 'transformers'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

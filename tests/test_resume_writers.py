@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from mmcli.errors import UsageError
-from mmcli.output import Writer, ids_path_for, open_writer
-from mmcli.resume import journal_path_for
+from mmcli.sinks.output import Writer, ids_path_for, open_writer
+from mmcli.sinks.resume import journal_path_for
 
 COLUMNS = ["input", "caption", "score", "embedding", "scores", "error"]
 FORMATS = ["jsonl", "csv", "json", "npy", "parquet"]
@@ -319,7 +319,7 @@ def test_parquet_is_written_in_row_groups(tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr("mmcli.formats.ROW_GROUP", 4)
+    monkeypatch.setattr("mmcli.sinks.formats.ROW_GROUP", 4)
     out = tmp_path / "out.parquet"
     run("parquet", out, make(10))
     assert pq.ParquetFile(out).num_row_groups == 3

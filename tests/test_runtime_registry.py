@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcli import registry, runtime
 from mmcli.errors import CapabilityError, DeviceError, UnknownModelError, UsageError
+from mmcli.modeling import registry, runtime
 
 
 def test_auto_device_is_cpu_here_and_auto_dtype_follows_it(monkeypatch):
@@ -104,7 +104,7 @@ def test_every_alias_names_a_known_family_and_a_template_with_a_placeholder():
 
 
 def test_bundled_model_alias_resolves_from_any_directory(tmp_path, monkeypatch) -> None:
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     monkeypatch.chdir(tmp_path)
     spec = registry.resolve("shapes-clip")

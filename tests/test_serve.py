@@ -32,7 +32,7 @@ class Server:
         self.sock, self.proc, self.log = sock, proc, log
 
     def status(self) -> dict:
-        from mmcli.server.remote import Remote
+        from mmcli.run.remote.client import Remote
 
         remote = Remote.open(self.sock)
         try:
@@ -241,7 +241,7 @@ def test_another_users_process_is_refused(via: Server) -> None:
     os.chmod(via.sock, 0o666)  # let the other user reach it: the server's own check must refuse it
     try:
         code = (  # everything imported before the process drops to nobody, who may not read the venv
-            "import os, socket, sys\nfrom mmcli.server import protocol\n"
+            "import os, socket, sys\nfrom mmcli.run.remote import protocol\n"
             "os.setgid(65534); os.setuid(65534)\n"
             "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
             "try:\n    protocol.send(s, {'id': 0, 'op': 'hello'})\n"
@@ -294,8 +294,8 @@ def test_status_and_stop_without_a_server(cli, tmp_path: Path, monkeypatch: pyte
 
 def test_concurrent_clients_share_forward_passes(via: Server) -> None:
     from mmcli.commands.classify import ContrastiveClassify
+    from mmcli.run.remote.client import Remote
     from mmcli.server.engine import ImageInput, Limits, ModelKey
-    from mmcli.server.remote import Remote
 
     data = (SAMPLES / "shapes-red-circle.png").read_bytes()
     key = ModelKey("shapes-clip")

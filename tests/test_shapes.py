@@ -1,4 +1,4 @@
-"""The shapes world (mmcli.shapes) and the bundled models trained on it, asserted by meaning.
+"""The shapes world (mmcli.testing.shapes) and the bundled models trained on it, asserted by meaning.
 
 The generator must be deterministic and keep to its ranges; the bundled checkpoints (models/shapes-*),
 run through the CLI as users run them, must classify, caption and answer rendered images correctly.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmcli import shapes
+from mmcli.testing import shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 COLOUR_Q = "What color is the shape?"

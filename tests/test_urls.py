@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmcli import __version__, fetch
+from mmcli import __version__
 from mmcli.errors import InputError
-from mmcli.inputs import Item, count_inputs, decode_image, expand, is_url, load_image, read_bytes
+from mmcli.sources import fetch
+from mmcli.sources.inputs import Item, count_inputs, decode_image, expand, is_url, load_image, read_bytes
 
 
 @dataclass
@@ -233,7 +234,7 @@ def test_read_bytes_local_files(tmp_path: Path) -> None:
 
 
 def test_read_bytes_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmcli import inputs
+    from mmcli.sources import inputs
 
     (tmp_path / "secret.png").write_bytes(b"abc")
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmcli import pooling, shapes, views
-from mmcli.views import View
+from mmcli.modeling import pooling, views
+from mmcli.modeling.views import View
+from mmcli.testing import shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -36,14 +37,14 @@ def small_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cropping_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny CLIP whose processor resizes the shorter side and centre-crops, as real CLIP checkpoints do."""
-    from mmcli.testing import build_clip
+    from mmcli.testing.contrastive import build_clip
 
     return build_clip(tmp_path_factory.mktemp("cropping-clip"), image_size=64, crop=True)
 
 
 def backend_of(checkpoint: Path | str):
-    from mmcli import registry, runtime
-    from mmcli.backends.base import LoadOptions
+    from mmcli.modeling import registry, runtime
+    from mmcli.modeling.backends.base import LoadOptions
 
     spec = registry.resolve(str(checkpoint), None)
     return registry.create_backend(spec, runtime.resolve("cpu", "fp32", spec.dtype), LoadOptions())
@@ -156,7 +157,7 @@ def test_tiles_share_batches_split_per_image_and_survive_out_of_memory(
 ) -> None:
     import torch
 
-    from mmcli.backends.clip import ClipBackend
+    from mmcli.modeling.backends.clip import ClipBackend
 
     args = ("classify", str(small_shapes), *CLIP, "--view", "tiles", "-f", "jsonl", "--no-cache")
     one = cli(*args, "-b", "1").jsonl()
@@ -245,10 +246,10 @@ def test_tta_records_rank_by_the_vote_and_are_reproducible(cli, small_shapes) ->
 
 # -- keys ---------------------------------------------------------------------------------------------------
 def test_the_cache_namespace_and_the_resume_key_change_with_the_view(cli, small_shapes, tmp_path) -> None:
-    from mmcli import registry, runtime
     from mmcli.commands.classify import ContrastiveClassify
     from mmcli.commands.embed import Embed
-    from mmcli.pipeline import cache_namespace
+    from mmcli.modeling import registry, runtime
+    from mmcli.run.task import cache_namespace
 
     spec, rt = registry.resolve("shapes-clip", None), runtime.resolve("cpu", "fp32", "fp32")
     seen = [None, View("squash"), View("pad"), View("tiles"), View("tiles", 2, 3), View(tta=4)]
@@ -276,7 +277,7 @@ def test_the_cache_namespace_and_the_resume_key_change_with_the_view(cli, small_
 
 def test_a_view_travels_to_a_server_as_json() -> None:
     from mmcli.commands.classify import ContrastiveClassify
-    from mmcli.server import wire
+    from mmcli.run.remote import wire
 
     task = ContrastiveClassify(["a", "b"], None, None, 2, False, 0.5, view=View("tiles", 2, 3, "max"))
     back = wire.decode(json.loads(json.dumps(wire.encode(task))))

@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from mmcli.backends.base import GenerateOptions
+from mmcli.modeling.backends.base import GenerateOptions
 
 GREEDY = GenerateOptions(max_new_tokens=12)
 

@@ -6,7 +6,7 @@ settings (its class is the one transformers maps the model type to), the process
 real checkpoint's chat template where it has one, and its video processor's settings where it has one.
 ``build(family, directory)`` builds the tokenizer, the processor (some add tokens to the tokenizer), then
 the model at the tokenizer's final size, and saves both with ``save_pretrained`` as the hub lays them out.
-Families that already had a builder (``mmcli.testing``, ``testing_gen``, ``testing_vlm``) reuse it.
+Families that already had a builder (``mmcli.testing.contrastive``, ``.generative``, ``.vlm``) reuse it.
 
 Models are random: hidden sizes 32, two layers, 16-64 px images, untied heads. Generative ones are scaled
 as ``testing_gen.speak`` does so that greedy decoding writes varied, non-empty text. Video processors need
@@ -27,7 +27,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mmcli import testing, testing_gen, testing_vlm
+from mmcli.testing import contrastive as testing
+from mmcli.testing import generative as testing_gen
+from mmcli.testing import vlm as testing_vlm
 
 CONTRASTIVE = ("classify", "embed")
 GENERATIVE = ("caption", "vqa", "classify")
@@ -690,7 +692,7 @@ def family_of(model_type_: str, task: str = "caption") -> str | None:
 # -- building ---------------------------------------------------------------------------------------------
 def build(family: str, directory: str | Path) -> Path:
     """Build ``family``'s tiny checkpoint into ``directory`` (created) and return it."""
-    from mmcli.backends.base import quiet_transformers
+    from mmcli.modeling.backends.base import quiet_transformers
 
     quiet_transformers()
     recipe = RECIPES[family]
@@ -753,11 +755,11 @@ def _without_video(cls: type) -> type:
 
 
 def _speak(model: Any, tok: Any) -> None:
-    """testing_gen.speak's scaling, with the parts found from the module tree (mmcli.anatomy): the LLM's
+    """testing_gen.speak's scaling, with the parts found from the module tree (mmcli.modeling.anatomy): the LLM's
     matrices, the input projector and the LM head scaled up, head rows of all but letters zeroed."""
     import torch
 
-    from mmcli import anatomy
+    from mmcli.modeling import anatomy
 
     parts = anatomy.module_parts(model, generative=True)
     speaking = set(testing_gen.LETTERS)

@@ -1,6 +1,6 @@
 """Shared by the shapes training scripts: seeds, pools of rendered images, tokenizers, prompts.
 
-Seeds: training images come from ``mmcli.shapes.scene(seed)`` with seeds below ``EVAL_SEED0``; the
+Seeds: training images come from ``mmcli.testing.shapes.scene(seed)`` with seeds below ``EVAL_SEED0``; the
 benchmark (bench/shapes_accuracy.py) uses seeds from ``BENCH_SEED0`` up, the scripts' own held-out checks
 seeds from ``EVAL_SEED0``: the three ranges never meet.
 
@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from mmcli import shapes  # noqa: E402
+from mmcli.testing import shapes  # noqa: E402
 
 MODELS = ROOT / "models"
 IMAGE_SIZE = 64

@@ -124,8 +124,8 @@ def mmcli_accuracy(
     model_dir: str, count: int, classify_count: int, log: Callable[[str], None]
 ) -> dict[str, float]:
     """Caption / vqa / generative-classify accuracy through mmcli's own backend (in process)."""
-    from mmcli import registry, runtime
-    from mmcli.backends.base import GenerateOptions, LoadOptions
+    from mmcli.modeling import registry, runtime
+    from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 
     spec = registry.resolve(model_dir)
     backend = registry.create_backend(spec, runtime.resolve("cpu", "fp32"), LoadOptions())  # type: ignore[attr-defined]

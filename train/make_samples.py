@@ -2,7 +2,7 @@
 
     .venv/bin/python train/make_samples.py
 
-Each sample is ``mmcli.shapes.scene(seed)`` with its colour, shape, canvas and size pinned (the rest —
+Each sample is ``mmcli.testing.shapes.scene(seed)`` with its colour, shape, canvas and size pinned (the rest —
 rotation, position, exact colour, background — comes from the seed), so the files are reproducible.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import common as C
 
-from mmcli import shapes
+from mmcli.testing import shapes
 
 SAMPLES = [
     # seed, colour, shape, width, height, size, format

@@ -10,7 +10,7 @@ tower's summary as well as its 64 patches: 65 image tokens, and ``image_seq_leng
 processor expands ``<image>`` to); a two-layer GELU projector 128 -> 128; a Llama language model (width
 128, 2 layers, 4 heads, MLP 256, untied head) with a hand-made Llama BPE tokenizer in which every word
 of the world's prompts is one token (train/common.py). The processor squashes to 64×64 like shapes-clip's
-and carries LLaVA-1.5's chat template (mmcli.testing_gen.LLAVA_CHAT_TEMPLATE).
+and carries LLaVA-1.5's chat template (mmcli.testing.generative.LLAVA_CHAT_TEMPLATE).
 
 Training: only the projector and the language model. The frozen tower's outputs for a pool of 20 k
 augmented renderings (seeds 100 000 000 on) are computed once; each step takes 64 (image, task) pairs —
@@ -46,7 +46,7 @@ def build(clip_dir: str) -> tuple[torch.nn.Module, object]:
         LlavaProcessor,
     )
 
-    from mmcli.testing_gen import LLAVA_CHAT_TEMPLATE
+    from mmcli.testing.generative import LLAVA_CHAT_TEMPLATE
 
     clip = CLIPModel.from_pretrained(clip_dir)
     tok = C.llama_tokenizer()

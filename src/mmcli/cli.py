@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mmcli import __version__
 from mmcli.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, MmcliError
+from mmcli.version import __version__
 
 # Each subcommand's module is imported only when the app is built for it (``build_app``): a run imports its
 # own command alone, which keeps a call to a warm ``mmcli serve`` quick.
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(f"mmcli: internal error: {type(exc).__name__}: {exc}\n")
             sys.stderr.write("  (set MMCLI_DEBUG=1 for the traceback, and please report it)\n")
         code = EXIT_FATAL
-    resume = sys.modules.get("mmcli.resume")
+    resume = sys.modules.get("mmcli.sinks.resume")
     if resume is not None:
         resume.release_held()  # output locks of a run that stopped before writing
     status = code if isinstance(code, int) else 0

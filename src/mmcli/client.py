@@ -111,7 +111,7 @@ class Client:
         if spec is not None:
             return spec(key)
         if (name, key.revision) not in self._specs:
-            from mmcli import registry
+            from mmcli.modeling import registry
 
             self._specs[(name, key.revision)] = registry.resolve(name, key.revision)
         return self._specs[(name, key.revision)]
@@ -131,10 +131,10 @@ def _connect(socket: str | os.PathLike[str] | None) -> Any:
     """The server at ``socket`` (default: this user's), checked as the CLI checks it; MmcliError if none."""
     from pathlib import Path
 
-    from mmcli import __version__
     from mmcli.errors import MmcliError
-    from mmcli.server import paths
-    from mmcli.server.remote import Remote
+    from mmcli.run.remote import paths
+    from mmcli.run.remote.client import Remote
+    from mmcli.version import __version__
 
     path = Path(socket) if socket is not None else paths.socket_path()
     reason = paths.untrusted(path)
@@ -154,7 +154,7 @@ def _connect(socket: str | os.PathLike[str] | None) -> Any:
 
 
 def _is_alias(name: str) -> bool:
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     return name in registry.aliases()
 

@@ -72,7 +72,7 @@ def _dtype(value: Any) -> str | None:
 
 
 def _format(value: Any) -> str | None:
-    from mmcli.output import FORMATS
+    from mmcli.sinks.output import FORMATS
 
     if not isinstance(value, str) or value.strip().lower() not in FORMATS:
         return f"one of {', '.join(FORMATS)}"
@@ -186,7 +186,7 @@ def default_model(task: str) -> str | None:
 
 def apply_defaults(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     """Fill ``values`` (option name -> value) from [defaults] for every option not in ``given``."""
-    from mmcli.output import EXTENSIONS
+    from mmcli.sinks.output import EXTENSIONS
 
     config = load()
     for key, value in config.defaults.items():

@@ -79,7 +79,7 @@ def image_folder(data: str) -> list[tuple[str, str]]:
     INPUT directories are (images only, hidden entries skipped). Images at the top of DATA have no class
     and are left out, as in torchvision's ImageFolder."""
     from mmcli.errors import InputError
-    from mmcli.inputs import walk
+    from mmcli.sources.inputs import walk
 
     if not os.path.exists(data):
         raise UsageError(f"DATA {data}: no such directory")
@@ -104,7 +104,7 @@ def image_folder(data: str) -> list[tuple[str, str]]:
 def read_truth_csv(path: Path) -> list[tuple[str, str]]:
     """(image, class) pairs of a CSV with ``path`` and ``label`` columns (UTF-8, a header row). A relative
     path is relative to the CSV's folder; a URL is kept as it is."""
-    from mmcli.inputs import is_url
+    from mmcli.sources.inputs import is_url
 
     option = f"--truth {path}"
     try:

@@ -7,18 +7,21 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from mmcli import metrics
 from mmcli.commands._eval_data import Dataset
-from mmcli.output import Record, Writer
-from mmcli.pipeline import CommonOptions, Job, Outcome, Task
-from mmcli.progress import Reporter, Summary
+from mmcli.run.loader import Outcome
+from mmcli.run.options import CommonOptions
+from mmcli.run.pipeline import Job
+from mmcli.run.progress import Reporter, Summary
+from mmcli.run.task import Task
+from mmcli.sinks import metrics
+from mmcli.sinks.output import Record, Writer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
-    from mmcli.backends.base import Backend
-    from mmcli.inputs import Item
-    from mmcli.registry import ModelSpec
+    from mmcli.modeling.backends.base import Backend
+    from mmcli.modeling.registry import ModelSpec
+    from mmcli.sources.inputs import Item
 
 
 class _Discard(Writer):
@@ -82,7 +85,7 @@ class EvalJob(Job):
         return super().writer
 
     def items(self, inputs: Sequence[str]) -> Iterator[Item]:
-        from mmcli.inputs import Item
+        from mmcli.sources.inputs import Item
 
         return (Item(name) for name in self.dataset.inputs)  # as listed: a path is never taken for a glob
 
@@ -155,7 +158,7 @@ class EvalJob(Job):
 
 def kept_rankings(writer: Writer) -> dict[str, list[tuple[str, float]]]:
     """The rankings of the good records a keyed --output already holds (read where resume indexed them)."""
-    from mmcli import resume
+    from mmcli.sinks import resume
 
     log = getattr(writer, "log", None)
     if not isinstance(log, resume.KeyedLog) or not log.index:
@@ -172,7 +175,7 @@ def kept_rankings(writer: Writer) -> dict[str, list[tuple[str, float]]]:
 
 def _parse(chunk: bytes, codec: Any) -> dict[str, Any] | None:
     """One record's bytes as written (a JSON line, or a CSV row whose scores are JSON text)."""
-    from mmcli import resume
+    from mmcli.sinks import resume
 
     try:
         if isinstance(codec, resume.CsvCodec):

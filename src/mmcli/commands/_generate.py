@@ -51,7 +51,7 @@ def generate_options(
     seed: int | None,
     raw_prompts: bool = False,
 ) -> object:
-    from mmcli.tasks import GenerateOptions
+    from mmcli.modeling.tasks import GenerateOptions
 
     check_decoding(sample, temperature, top_p, seed)
     return GenerateOptions(

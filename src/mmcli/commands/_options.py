@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from mmcli.errors import UsageError
-from mmcli.limits import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, parse_size
-from mmcli.pipeline import CommonOptions
+from mmcli.run.options import CommonOptions
+from mmcli.sources.limits import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, parse_size
 
 COMMON = "Common options"
 
@@ -251,7 +251,7 @@ Report = Annotated[
 ]
 TopK = Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Keep only the K best.")]
 
-# What a contrastive model sees of each image (mmcli.views); checked by views.make_view, so eval's and the
+# What a contrastive model sees of each image (mmcli.modeling.views); checked by views.make_view, so eval's and the
 # commands' mistakes read the same.
 VIEWS = "Views (contrastive models)"
 ViewOption = Annotated[

@@ -16,8 +16,11 @@ import typer
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
 from mmcli.commands._options import Inputs, Report, with_common_options
 from mmcli.errors import UsageError
-from mmcli.output import Record
-from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
+from mmcli.run.loader import Outcome
+from mmcli.run.options import CommonOptions
+from mmcli.run.pipeline import Job
+from mmcli.run.task import Task, error_record
+from mmcli.sinks.output import Record
 
 COLUMNS = ["input", "caption", "model", "prompt", "error"]
 TABLE_COLUMNS = ["input", "caption"]
@@ -34,7 +37,7 @@ def sidecar_extension(value: str) -> str:
     """--sidecar, checked: a file extension that names no image (a sidecar must never replace one)."""
     from PIL import Image
 
-    from mmcli.inputs import IMAGE_EXTENSIONS
+    from mmcli.sources.inputs import IMAGE_EXTENSIONS
 
     extension = value.strip().lstrip(".")
     if not extension.strip(".") or "/" in extension or os.sep in extension:
@@ -65,7 +68,7 @@ class Sidecars:
         self.known: dict[str, dict[str, dict[str, Any]]] = {}  # folder -> sidecar name -> last entry
 
     def write(self, image: str, text: str) -> None:
-        from mmcli.fetch import is_url
+        from mmcli.sources.fetch import is_url
 
         if is_url(image):
             raise SidecarRefused("a URL has no folder to put its sidecar in")

@@ -21,12 +21,15 @@ from mmcli.commands._options import (
     with_common_options,
 )
 from mmcli.errors import UsageError
-from mmcli.output import Record
-from mmcli.pipeline import CommonOptions, Job, Outcome, Task
-from mmcli.views import View, make_view, refuse_generative
+from mmcli.modeling.views import View, make_view, refuse_generative
+from mmcli.run.loader import Outcome
+from mmcli.run.options import CommonOptions
+from mmcli.run.pipeline import Job
+from mmcli.run.task import Task
+from mmcli.sinks.output import Record
 
 if TYPE_CHECKING:
-    from mmcli.registry import ModelSpec
+    from mmcli.modeling.registry import ModelSpec
 
 COLUMNS = ["input", "label", "score", "scores", "labels", "question", "model", "error"]
 TABLE_COLUMNS = ["input", "label", "score", "scores"]
@@ -80,7 +83,7 @@ def refuse_duplicates(items: list[str], what: str) -> None:
 
 def prompt_templates(template: str | None, ensemble: str | None) -> list[str] | None:
     """The checked templates of --template or --ensemble; None: the model's own."""
-    from mmcli import tasks
+    from mmcli.modeling import tasks
 
     if template is not None and ensemble is not None:
         raise UsageError("--template and --ensemble cannot be used together")
@@ -149,7 +152,7 @@ def classify(
 
     Example: mmcli classify photos/ --labels cat,dog,bird --top-k 2
     """
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     label_list = parse_labels(labels, labels_file)
     check_prompt_options(template, ensemble, question)
@@ -194,7 +197,7 @@ def classify_task(
     """The classify task the model calls for: contrastive when it embeds images and texts, else generative
     (one place for the choice: the command, ``mmcli serve`` and ``mmcli.Client`` all come here). ``view``:
     what a contrastive model sees of each image (``classify_view``); generative models refuse one."""
-    from mmcli import registry, tasks
+    from mmcli.modeling import registry, tasks
 
     check_prompt_options(template, ensemble, question)
     if {"encode_image", "encode_text"} <= spec.capabilities:
@@ -256,7 +259,7 @@ class ContrastiveClassify(_Classify):
         *,
         view: View | None = None,
     ) -> None:
-        from mmcli import tasks
+        from mmcli.modeling import tasks
 
         super().__init__(labels, top_k, multi_label, threshold)
         self.view = None if view is None or view.plain else view
@@ -276,7 +279,7 @@ class ContrastiveClassify(_Classify):
         return key if self.view is None else key | self.view.key()
 
     def prepare(self, backend: Any) -> None:
-        from mmcli import tasks
+        from mmcli.modeling import tasks
 
         # once per run, whatever the number of images
         self.text_emb = tasks.label_embeddings(backend.encode_texts, self.labels, self.templates)
@@ -285,7 +288,7 @@ class ContrastiveClassify(_Classify):
     def records(self, done: list[Outcome]) -> list[list[Record]]:
         import torch
 
-        from mmcli import tasks
+        from mmcli.modeling import tasks
 
         if self.view is not None and self.view.multi:
             return [[self.viewed(out)] for out in done]
@@ -297,7 +300,7 @@ class ContrastiveClassify(_Classify):
         """The record of an image seen several times: tiles pooled (``--pool``), or TTA copies combined
         (``--tta-combine``: ZERO's vote ranks the labels, the kept views' mean probabilities are the
         scores)."""
-        from mmcli import pooling, tasks, views
+        from mmcli.modeling import pooling, tasks, views
 
         assert self.view is not None
         matrix = views.unpack(out.value)
@@ -349,7 +352,7 @@ class GenerativeClassify(_Classify):
 def _rank(
     probs: list[float], labels: list[str], top_k: int | None, order: list[int] | None
 ) -> list[tuple[str, float]]:
-    from mmcli import tasks
+    from mmcli.modeling import tasks
 
     if order is None:
         return tasks.rank_labels(probs, labels, top_k)

@@ -8,9 +8,12 @@ import typer
 
 from mmcli.commands._options import Pool, RequiredInputs, Tiles, TopK, ViewOption, with_common_options
 from mmcli.errors import UsageError
-from mmcli.output import Record
-from mmcli.pipeline import CommonOptions, Job, Outcome, Task, error_record
-from mmcli.views import View, make_view
+from mmcli.modeling.views import View, make_view
+from mmcli.run.loader import Outcome
+from mmcli.run.options import CommonOptions
+from mmcli.run.pipeline import Job
+from mmcli.run.task import Task, error_record
+from mmcli.sinks.output import Record
 
 COLUMNS = ["query", "target", "score", "model", "input", "error"]
 TABLE_COLUMNS = ["query", "target", "score"]
@@ -67,7 +70,7 @@ def compare(
     job = Job(task, common)
     remote = job.use_server()
     if remote:
-        from mmcli.server import remote as via
+        from mmcli.run.remote import client as via
 
         key = via.model_key(job)
         job.remote.describe(key)  # type: ignore[union-attr]
@@ -130,7 +133,7 @@ def served(job: Job, key: Any, work: Any) -> Any:
     float32 vector, or a view's packed matrix."""
     import numpy as np
 
-    from mmcli.server import remote as via
+    from mmcli.run.remote import client as via
 
     task = job.task
     assert isinstance(task, CompareTask) and job.remote is not None
@@ -168,7 +171,7 @@ class CompareTask(Task):
         image) the pooled similarities of their views (pooling.pooled_scores)."""
         import numpy as np
 
-        from mmcli import pooling, tasks, views
+        from mmcli.modeling import pooling, tasks, views
 
         if self.view is None or not self.view.multi:
             return tasks.cosine_ranking(np.stack(queries), np.stack(targets), top_k)

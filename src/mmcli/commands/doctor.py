@@ -187,7 +187,8 @@ def caches() -> dict[str, Any]:
 
 def config() -> dict[str, Any]:
     """The user config file and the values in force: the file's [defaults], and each task's model."""
-    from mmcli import paths, registry, userconfig
+    from mmcli import paths, userconfig
+    from mmcli.modeling import registry
 
     report: dict[str, Any] = {"path": str(paths.config_file()), "exists": paths.config_file().is_file()}
     try:
@@ -209,8 +210,8 @@ def config() -> dict[str, Any]:
 
 def server() -> dict[str, Any]:
     """The mmcli serve runs would use: its socket, and the pid and models of the one answering there."""
-    from mmcli.server import paths
-    from mmcli.server.remote import Remote
+    from mmcli.run.remote import paths
+    from mmcli.run.remote.client import Remote
 
     path = paths.socket_path()
     found: dict[str, Any] = {"socket": str(path), "pid": None, "models": [], "refused": paths.untrusted(path)}

@@ -27,15 +27,16 @@ from mmcli.commands.classify import (
     read_list_file,
 )
 from mmcli.errors import EXIT_OK, UsageError
-from mmcli.output import EXTENSIONS, dumps, is_stream
-from mmcli.pipeline import CommonOptions, Task
+from mmcli.run.options import CommonOptions
+from mmcli.run.task import Task
+from mmcli.sinks.output import EXTENSIONS, dumps, is_stream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from mmcli.progress import Summary
-    from mmcli.registry import ModelSpec
-    from mmcli.views import View
+    from mmcli.modeling.registry import ModelSpec
+    from mmcli.modeling.views import View
+    from mmcli.run.progress import Summary
 
 FORMATS = ("table", "json", "jsonl")
 SHOWN = 10  # rows of each list in the table; --format json holds them all
@@ -108,7 +109,7 @@ def eval_command(
               mmcli eval --truth truth.csv --labels-file names.txt -o eval.jsonl
               mmcli eval photos/ --compare-templates templates.txt
     """
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     check_prompt_options(template, ensemble, question)
     seen = classify_view(view, tiles, pool, tta, tta_combine)
@@ -189,7 +190,7 @@ def job_options(common: CommonOptions) -> CommonOptions:
 # -- --compare-templates -----------------------------------------------------------------------------------
 def read_templates(path: Path) -> list[tuple[str | None, str | None]]:
     """(template, ensemble) per line of FILE, each checked now, before any model loads."""
-    from mmcli import tasks
+    from mmcli.modeling import tasks
 
     where = f"--compare-templates {path}"
     lines = read_list_file(path, "--compare-templates", "templates", FULL_LINE_COMMENT)

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from mmcli import registry
 from mmcli.errors import ModelLoadError, UnknownModelError, explain_load_error
-from mmcli.output import choose_format, open_writer
+from mmcli.modeling import registry
+from mmcli.sinks.output import choose_format, open_writer
 
 COLUMNS = ["alias", "family", "checkpoint", "capabilities", "default_for", "description"]
 
@@ -58,8 +58,8 @@ def models(
 
 
 def show_info(name: str, revision: str | None, format: str | None) -> int:
-    """Print the anatomy card of ``name`` (mmcli.anatomy): a table, or one JSON object."""
-    from mmcli import anatomy
+    """Print the anatomy card of ``name`` (mmcli.modeling.anatomy): a table, or one JSON object."""
+    from mmcli.modeling import anatomy
 
     fmt = choose_format(format, None, ("table", "json", "jsonl"))
     checkpoint, revision = locate(name, revision)
@@ -103,7 +103,7 @@ def locate(name: str, revision: str | None) -> tuple[str, str | None]:
 
 def read_config(name: str, checkpoint: str, revision: str | None) -> Any:
     """The checkpoint's config: config.json from the directory, or that one file from the hub."""
-    from mmcli.backends.base import quiet_transformers
+    from mmcli.modeling.backends.base import quiet_transformers
 
     quiet_transformers()
     from transformers import AutoConfig

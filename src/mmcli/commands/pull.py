@@ -64,8 +64,9 @@ def pull(
 
     Example: mmcli pull clip-vit-b32 && mmcli classify photos/ -l cat,dog --offline
     """
-    from mmcli import registry, userconfig
-    from mmcli.progress import Reporter
+    from mmcli import userconfig
+    from mmcli.modeling import registry
+    from mmcli.run.progress import Reporter
 
     reporter = Reporter(quiet or bool(userconfig.load().defaults.get("quiet", False)))
     local = _local_checkpoint(model)
@@ -100,7 +101,7 @@ def _result(line: str) -> None:
 
 def _local_checkpoint(name: str) -> Path | None:
     """The directory an alias or a path names, when it is already on this machine."""
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     if name in registry.aliases():
         spec = registry.resolve(name)

@@ -86,7 +86,7 @@ def serve(
       mmcli serve --http 127.0.0.1:8765  also an HTTP API (OpenAI-compatible /v1/embeddings, /v1/chat/completions)
       mmcli serve --status | --stop
     """
-    from mmcli.server import paths
+    from mmcli.run.remote import paths
 
     path = socket_path.expanduser() if socket_path else paths.socket_path()
     if status and stop:
@@ -108,7 +108,7 @@ def parse_http(value: str, token: str | None) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise UsageError(f"--http {value!r}: write HOST:PORT, e.g. 127.0.0.1:8765")
-    from mmcli.server.paths import is_loopback
+    from mmcli.run.remote.paths import is_loopback
 
     if not token and not is_loopback(host):
         raise UsageError(
@@ -191,8 +191,8 @@ def run_server(
 
 
 def _connect(path: Path) -> Any:
-    from mmcli.server import paths
-    from mmcli.server.remote import Remote
+    from mmcli.run.remote import paths
+    from mmcli.run.remote.client import Remote
 
     reason = paths.untrusted(path)
     if reason:

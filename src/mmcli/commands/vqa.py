@@ -12,8 +12,11 @@ from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Tempe
 from mmcli.commands._options import Inputs, with_common_options
 from mmcli.commands.classify import FULL_LINE_COMMENT, read_list_file, refuse_duplicates
 from mmcli.errors import UsageError
-from mmcli.output import Record
-from mmcli.pipeline import CommonOptions, Job, Outcome, Task
+from mmcli.run.loader import Outcome
+from mmcli.run.options import CommonOptions
+from mmcli.run.pipeline import Job
+from mmcli.run.task import Task
+from mmcli.sinks.output import Record
 
 COLUMNS = ["input", "question", "answer", "model", "error"]
 TABLE_COLUMNS = ["input", "question", "answer"]
@@ -58,7 +61,7 @@ def vqa(
 
     Example: mmcli vqa photo.jpg --question "How many people are there?" --model llava-1.5-7b
     """
-    from mmcli import registry, tasks
+    from mmcli.modeling import registry, tasks
 
     questions = parse_questions(question, questions_file)
     options: Any = generate_options(max_new_tokens, num_beams, sample, temperature, top_p, seed)

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mmcli.backends.base import Backend, Batch
-    from mmcli.loader import Backoff
-    from mmcli.pipeline import Task
+    from mmcli.modeling.backends.base import Backend, Batch
+    from mmcli.run.loader import Backoff
+    from mmcli.run.task import Task
 
 RECENT_S = 1.0
 

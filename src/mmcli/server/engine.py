@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mmcli.errors import InputError, MmcliError
-from mmcli.loader import Backoff, Outcome, load_one
-from mmcli.server import wire
+from mmcli.run.loader import Backoff, Outcome, load_one
+from mmcli.run.remote import wire
+from mmcli.run.remote.work import ImageInput, ItemResult, Limits, ModelKey, RunResult
 from mmcli.server.batching import Batcher
-from mmcli.server.work import ImageInput, ItemResult, Limits, ModelKey, RunResult
 
 if TYPE_CHECKING:
-    from mmcli.backends.base import Backend, Batch
-    from mmcli.cache import EmbeddingCache
-    from mmcli.decoder import Decoders
-    from mmcli.pipeline import Task
-    from mmcli.registry import ModelSpec
-    from mmcli.runtime import Runtime
+    from mmcli.modeling.backends.base import Backend, Batch
+    from mmcli.modeling.registry import ModelSpec
+    from mmcli.modeling.runtime import Runtime
+    from mmcli.run.cache import EmbeddingCache
+    from mmcli.run.task import Task
+    from mmcli.sources.decoder import Decoders
 
 PREPARED_TASKS = 32  # per model: label sets whose embeddings are kept
 
@@ -84,7 +84,7 @@ class Engine:
 
     # -- models ---------------------------------------------------------------------------------------
     def spec(self, key: ModelKey) -> ModelSpec:
-        from mmcli import registry
+        from mmcli.modeling import registry
 
         found = self._specs.get((key.name, key.revision))
         if found is None:
@@ -115,8 +115,8 @@ class Engine:
                 return slot
 
     def _load(self, key: ModelKey) -> Slot:
-        from mmcli import registry, runtime
-        from mmcli.backends.base import LoadOptions
+        from mmcli.modeling import registry, runtime
+        from mmcli.modeling.backends.base import LoadOptions
 
         spec = self.spec(key)
         start = time.perf_counter()
@@ -143,7 +143,7 @@ class Engine:
                 self._unload(min(idle, key=lambda s: s.last_used), "to make room")
 
     def _unload(self, slot: Slot, why: str) -> None:
-        from mmcli import runtime
+        from mmcli.modeling import runtime
 
         self.slots.pop(slot.key, None)
         slot.batcher.close()
@@ -174,7 +174,7 @@ class Engine:
     def _prepared(self, slot: Slot, task: Task) -> Task:
         """The task, prepared on this model once (a classify's label embeddings) and kept for the next
         request with the same labels and options."""
-        from mmcli import registry
+        from mmcli.modeling import registry
 
         name = wire.key(wire.encode(task))
         with slot.lock:
@@ -279,7 +279,7 @@ class Engine:
             return task.preprocess(backend, images)  # the Task's hook, as in the CLI's own process
 
         def one(i: int) -> Batch | None:
-            from mmcli.inputs import Source
+            from mmcli.sources.inputs import Source
 
             out, item = outcomes[i], items[i]
             if out.error is not None:
@@ -301,7 +301,7 @@ class Engine:
         return list(self._pool.map(one, range(len(items))))
 
     def _decoders_for(self, limits: Limits) -> Decoders:
-        from mmcli.decoder import Decoders
+        from mmcli.sources.decoder import Decoders
 
         key = (limits.decode_memory, limits.decode_timeout)
         with self._lock:
@@ -315,8 +315,8 @@ class Engine:
 
     def _cache(self, slot: Slot, limits: Limits, task: Task) -> EmbeddingCache:
         from mmcli import paths
-        from mmcli.cache import EmbeddingCache
-        from mmcli.pipeline import cache_namespace
+        from mmcli.run.cache import EmbeddingCache
+        from mmcli.run.task import cache_namespace
 
         directory = str(paths.cache_dir(limits.cache_dir))
         namespace = cache_namespace(slot.spec, slot.runtime, task)
@@ -379,7 +379,7 @@ class Engine:
 
 
 def _item(item: ImageInput) -> Any:
-    from mmcli.inputs import Item
+    from mmcli.sources.inputs import Item
 
     return Item(item.name, error=item.error) if item.error else Item(item.name)
 

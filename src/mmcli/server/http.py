@@ -26,12 +26,12 @@ from typing import Any
 
 from mmcli import errors
 from mmcli.errors import MmcliError, UsageError
+from mmcli.run.remote.paths import is_loopback
 from mmcli.server import openai, service
 from mmcli.server.bodies import HttpError, parse_json, parse_multipart, parse_urlencoded, read_body
 from mmcli.server.engine import Engine, Limits, ModelKey
 from mmcli.server.openapi import ROUTES, document
 from mmcli.server.params import COMMANDS, parse_call
-from mmcli.server.paths import is_loopback
 
 DEFAULT_MAX_BODY = 64 << 20
 DEFAULT_MAX_IMAGES = 256  # per request: each may be a download of up to max_body bytes
@@ -215,7 +215,7 @@ class App:
 
 
 def _is_url(ref: Any) -> bool:
-    from mmcli.fetch import is_url
+    from mmcli.sources.fetch import is_url
 
     url = ref.get("url") if isinstance(ref, dict) else ref
     return isinstance(url, str) and is_url(url)

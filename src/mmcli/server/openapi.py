@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmcli import __version__
+from mmcli.version import __version__
 
 # path -> (method, handler name in http.App, summary)
 ROUTES: dict[str, tuple[str, str, str]] = {

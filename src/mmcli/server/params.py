@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from mmcli.errors import UsageError
 
 if TYPE_CHECKING:
-    from mmcli.pipeline import Task
-    from mmcli.registry import ModelSpec
+    from mmcli.modeling.registry import ModelSpec
+    from mmcli.run.task import Task
 
 COMMANDS = ("classify", "caption", "vqa", "embed", "compare")
 
@@ -89,7 +89,7 @@ def parse_call(
     ``resolve(name, revision)`` turns the model name into its spec (the engine's cached lookup); it is
     called only after every parameter that needs no model has been checked.
     """
-    from mmcli import registry
+    from mmcli.modeling import registry
 
     if command not in PARAMS:
         raise UsageError(f"unknown task {command!r}; known: {', '.join(COMMANDS)}")
@@ -266,9 +266,9 @@ def _caption(given: dict[str, Any], images: dict[str, list[Any]], spec: ModelSpe
 
 
 def _vqa(given: dict[str, Any], images: dict[str, list[Any]], spec: ModelSpec | None) -> Any:
-    from mmcli import tasks
     from mmcli.commands.classify import refuse_duplicates
     from mmcli.commands.vqa import Vqa
+    from mmcli.modeling import tasks
 
     _need_images(images)
     questions = [q.strip() for q in (given.get("questions") or []) + (given.get("question") or [])]

@@ -2,7 +2,7 @@
 records the CLI would print: the one path shared by the HTTP API and ``mmcli.Client``.
 
 Images arrive in many shapes (paths, URLs, data: URLs, base64, bytes, PIL images, uploaded files); they
-become ``ImageInput``s here, URLs downloaded under ``mmcli.fetch``'s deadline and size cap, several at once.
+become ``ImageInput``s here, URLs downloaded under ``mmcli.sources.fetch``'s deadline and size cap, several at once.
 An input that cannot be read becomes that input's error record, as in the CLI; a malformed reference (bad
 base64, a local path over HTTP) is the caller's mistake and a UsageError.
 """
@@ -57,7 +57,7 @@ def _one(
     ref: Any, name: str, local: bool, max_bytes: int | None
 ) -> list[ImageInput] | Callable[[], list[ImageInput]]:
     """One reference: the finished inputs, or a function that downloads (run in a thread)."""
-    from mmcli.fetch import is_url
+    from mmcli.sources.fetch import is_url
 
     if isinstance(ref, ImageInput):
         return [ref]
@@ -126,7 +126,7 @@ def data_url(url: str, name: str) -> bytes:
 
 
 def download(url: str, max_bytes: int | None = None) -> ImageInput:
-    from mmcli.fetch import DEFAULT_MAX_BYTES, fetch
+    from mmcli.sources.fetch import DEFAULT_MAX_BYTES, fetch
 
     try:
         found = fetch(url, max_bytes or DEFAULT_MAX_BYTES)
@@ -137,9 +137,9 @@ def download(url: str, max_bytes: int | None = None) -> ImageInput:
 
 def local_inputs(name: str) -> list[ImageInput]:
     """A path as the CLI takes it: a file, a directory (walked) or a glob; the server reads the files."""
-    from mmcli.inputs import expand
-    from mmcli.loader import Outcome
-    from mmcli.server.remote import read_input
+    from mmcli.run.loader import Outcome
+    from mmcli.run.remote.client import read_input
+    from mmcli.sources.inputs import expand
 
     # as the CLI sends them: the bytes (a URL fetched here), the path of a file too large to copy
     return [read_input(Outcome(item)) for item in expand([name])]

@@ -19,11 +19,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from mmcli import __version__
 from mmcli.errors import MmcliError, UsageError
-from mmcli.server import paths, protocol, wire
+from mmcli.run.remote import paths, protocol, wire
+from mmcli.run.remote.work import ImageInput, Limits, ModelKey
 from mmcli.server.engine import Engine
-from mmcli.server.work import ImageInput, Limits, ModelKey
+from mmcli.version import __version__
 
 IN_FLIGHT = 4  # requests one connection may have running at once
 

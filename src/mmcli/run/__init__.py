@@ -1,0 +1,3 @@
+"""One run of one task: the options, the ``Task`` interface, the ``Job`` (pipeline), the loader (prefetch,
+batching, back-off), the embedding cache, progress, and the engines that run a Job elsewhere: Ray
+(``engines``) or a running ``mmcli serve`` (``remote``)."""

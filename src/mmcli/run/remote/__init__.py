@@ -1,0 +1,2 @@
+"""The client's side of ``mmcli serve`` (``client``) and what both sides share: the socket's place
+(``paths``), the framing (``protocol``), the task on the wire (``wire``) and the work items (``work``)."""
