@@ -156,24 +156,13 @@ def classify(
 
     label_list = parse_labels(labels, labels_file)
     check_prompt_options(template, ensemble, question)
-    seen = classify_view(view, tiles, pool, tta, tta_combine)
+    seen = make_view(view, tiles, pool, tta, tta_combine)
     spec = registry.resolve(common.model or registry.default_model("classify"), common.revision)
     task = classify_task(spec, label_list, template, ensemble, question, top_k, multi_label, threshold, seen)
     job = Job(task, common, spec)
     if report is not None:
         job.attach_report(str(report), "classify")
     return job.execute(inputs)
-
-
-def classify_view(
-    view: str | None = None,
-    tiles: str | None = None,
-    pool: str | None = None,
-    tta: int | None = None,
-    tta_combine: str | None = None,
-) -> View:
-    """The checked --view/--tiles/--pool/--tta/--tta-combine of classify (and eval)."""
-    return make_view(view, tiles, pool, tta, tta_combine)
 
 
 def check_prompt_options(template: str | None, ensemble: str | None, question: str | None) -> None:
@@ -196,7 +185,7 @@ def classify_task(
 ) -> Task:
     """The classify task the model calls for: contrastive when it embeds images and texts, else generative
     (one place for the choice: the command, ``mmcli serve`` and ``mmcli.Client`` all come here). ``view``:
-    what a contrastive model sees of each image (``classify_view``); generative models refuse one."""
+    what a contrastive model sees of each image (``views.make_view``); generative models refuse one."""
     from mmcli.modeling import registry, tasks
 
     check_prompt_options(template, ensemble, question)

@@ -68,28 +68,28 @@ def compare(
     common.overwrite = True  # rankings need every input: compare always writes its output afresh
     task = CompareTask(bool(text), seen)
     job = Job(task, common)
-    remote = job.use_server()
-    if remote:
+    server = job.remote if job.use_server() else None
+    if server is not None:
         from mmcli.run.remote import client as via
 
         key = via.model_key(job)
-        job.remote.describe(key)  # type: ignore[union-attr]
+        server.describe(key)
     else:
         backend = job.load()
         task.prepare(backend)
 
     def embeddings(work: Any) -> Any:
-        if remote:
+        if server is not None:
             return served(job, key, work)
         return job.encode_images(work)
 
     def encode_texts(texts: list[str]) -> np.ndarray:
-        if remote:
+        if server is not None:
             from mmcli.commands.embed import Embed
 
             text_task = Embed(texts, False)
             text_task.model = job.spec.label
-            records = job.remote.leading(key, text_task)  # type: ignore[union-attr]
+            records = server.leading(key, text_task)
             return np.asarray([r["embedding"] for r in records], dtype=np.float32)
         return backend.encode_texts(texts).numpy()
 

@@ -23,10 +23,10 @@ from mmcli.commands.classify import (
     FULL_LINE_COMMENT,
     check_prompt_options,
     classify_task,
-    classify_view,
     read_list_file,
 )
 from mmcli.errors import EXIT_OK, UsageError
+from mmcli.modeling.views import make_view
 from mmcli.run.options import CommonOptions
 from mmcli.run.task import Task
 from mmcli.sinks.output import EXTENSIONS, dumps, is_stream
@@ -112,7 +112,7 @@ def eval_command(
     from mmcli.modeling import registry
 
     check_prompt_options(template, ensemble, question)
-    seen = classify_view(view, tiles, pool, tta, tta_combine)
+    seen = make_view(view, tiles, pool, tta, tta_combine)
     fmt = results_format(common.format)
     if common.manifest:
         raise UsageError("eval takes its images from DATA or --truth FILE.csv, not --manifest")
