@@ -16,6 +16,7 @@ exact prefix of prompt + " " + answer, as mmcli's label scoring assumes.
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections.abc import Callable
@@ -161,10 +162,54 @@ def mmcli_accuracy(
     return result
 
 
+def parser(description: str, out: str, steps: int) -> argparse.ArgumentParser:
+    """The options both trainers take; each adds its own."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--clip", default=str(C.MODELS / "shapes-clip"))
+    p.add_argument("--out", default=str(C.MODELS / out))
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--pool", type=int, default=20_000)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--check", type=int, default=300, help="held-out images checked through mmcli")
+    p.add_argument("--smoke", action="store_true")
+    return p
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def report_parameters(model: torch.nn.Module, trainable: list[torch.nn.Parameter]) -> None:
+    log(
+        f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, trained "
+        f"{sum(p.numel() for p in trainable) / 1e6:.2f} M"
+    )
+
+
+def check_forward(
+    model: torch.nn.Module,
+    forward: Callable[..., torch.Tensor],
+    make: ExampleMaker,
+    pad_id: int,
+    pixels: Any,
+    feats: torch.Tensor,
+    image_id: int,
+) -> None:
+    """The training forward (cached tower outputs) must equal the model's own forward on pixels."""
+    ex = make(C.COLOUR_QUESTIONS[0], "red")
+    ids, mask, _ = batch_tensors([ex], pad_id)
+    x = torch.from_numpy(C.normalise(pixels[:1]))
+    with torch.inference_mode():
+        ref = model(input_ids=ids, attention_mask=mask, pixel_values=x).logits
+        mine = forward(model, ids, mask, feats[:1].float(), image_id)
+    assert ref.shape == mine.shape and torch.allclose(ref, mine, atol=2e-2), (ref - mine).abs().max()
+
+
 def train_and_save(
     model: torch.nn.Module,
     processor: Any,
-    optim: torch.optim.Optimizer,
     trainable: list[torch.nn.Parameter],
     feats: torch.Tensor,
     labels: Any,
@@ -173,13 +218,14 @@ def train_and_save(
     image_id: int,
     pad_id: int,
     args: Any,
-    rng: random.Random,
-    log: Callable[[str], None],
+    seed: int,
     t0: float,
     bf16: bool = False,
 ) -> None:
     """The step loop both trainers share (the four tasks drawn per example, answer-only loss, clipped
     AdamW with the warmup-cosine schedule), then save and check through mmcli."""
+    optim = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    rng = random.Random(seed)
     t_train = time.time()
     for step in range(args.steps):
         for group in optim.param_groups:

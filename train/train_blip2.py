@@ -30,7 +30,6 @@ Deterministic: seeded torch / random; same command, same weights.
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import common as C
@@ -223,19 +222,10 @@ def forward(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip", default=str(C.MODELS / "shapes-clip"))
-    parser.add_argument("--out", default=str(C.MODELS / "shapes-blip2"))
+    parser = G.parser(__doc__.split("\n")[0], "shapes-blip2", steps=1500)
     parser.add_argument("--distil-steps", type=int, default=400)
     parser.add_argument("--distil-pool", type=int, default=20_000)
     parser.add_argument("--distil-lr", type=float, default=5e-4)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--pool", type=int, default=20_000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--check", type=int, default=300, help="held-out images checked through mmcli")
-    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.pool, args.check, args.distil_steps, args.distil_pool = 10, 1000, 20, 5, 1000
@@ -243,7 +233,7 @@ def main() -> None:
     C.quiet()
     torch.manual_seed(0)
     t0 = time.time()
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = G.log
     from transformers import CLIPModel
 
     clip = CLIPModel.from_pretrained(args.clip).eval()
@@ -254,10 +244,7 @@ def main() -> None:
     log(f"vision ready at {(time.time() - t0) / 60:.1f} min")
 
     trainable = [p for n, p in model.named_parameters() if not n.startswith("vision_model")]
-    log(
-        f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, trained "
-        f"{sum(p.numel() for p in trainable) / 1e6:.2f} M"
-    )
+    G.report_parameters(model, trainable)
     question_template = "Question: {} Answer:"
     make = G.ExampleMaker(
         tok,
@@ -271,33 +258,12 @@ def main() -> None:
     )
     log(f"pool of {len(feats)}: rendered and encoded at {(time.time() - t0) / 60:.1f} min")
 
-    ex = make(C.COLOUR_QUESTIONS[0], "red")
-    ids, mask, _ = G.batch_tensors([ex], tok.pad_token_id)
-    x = torch.from_numpy(C.normalise(pixels[:1]))
-    with torch.inference_mode():
-        ref = model(input_ids=ids, attention_mask=mask, pixel_values=x).logits
-        mine = forward(model, ids, mask, feats[:1].float(), image_id)
-    assert ref.shape == mine.shape and torch.allclose(ref, mine, atol=2e-2), (ref.shape, mine.shape)
+    G.check_forward(model, forward, make, tok.pad_token_id, pixels, feats, image_id)
 
-    optim = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    rng = random.Random(6)
     model.train()
     model.vision_model.eval()
     G.train_and_save(
-        model,
-        processor,
-        optim,
-        trainable,
-        feats,
-        labels,
-        make,
-        forward,
-        image_id,
-        tok.pad_token_id,
-        args,
-        rng,
-        log,
-        t0,
+        model, processor, trainable, feats, labels, make, forward, image_id, tok.pad_token_id, args, 6, t0
     )
 
 

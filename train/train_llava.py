@@ -26,8 +26,6 @@ Deterministic: seeded torch / random; same command, same weights.
 
 from __future__ import annotations
 
-import argparse
-import random
 import time
 
 import common as C
@@ -98,17 +96,8 @@ def build(clip_dir: str) -> tuple[torch.nn.Module, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip", default=str(C.MODELS / "shapes-clip"))
-    parser.add_argument("--out", default=str(C.MODELS / "shapes-llava"))
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--pool", type=int, default=20_000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = G.parser(__doc__.split("\n")[0], "shapes-llava", steps=1000)
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--check", type=int, default=300, help="held-out images checked through mmcli")
-    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.pool, args.check = 10, 1000, 20
@@ -116,7 +105,7 @@ def main() -> None:
     C.quiet()
     torch.manual_seed(0)
     t0 = time.time()
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = G.log
     model, processor = build(args.clip)
     tok = processor.tokenizer  # type: ignore[attr-defined]
     n_image = model.config.image_seq_length
@@ -124,10 +113,7 @@ def main() -> None:
     trainable = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     for n, p in model.named_parameters():
         p.requires_grad = "vision_tower" not in n
-    log(
-        f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, trained "
-        f"{sum(p.numel() for p in trainable) / 1e6:.2f} M"
-    )
+    G.report_parameters(model, trainable)
 
     def render(prompt: str | None) -> str:
         text = C.LLAVA_CAPTION_PROMPT if prompt is None else prompt
@@ -147,23 +133,13 @@ def main() -> None:
     )
     log(f"pool of {len(feats)}: rendered and encoded in {time.time() - t0:.0f} s")
 
-    # The training forward (cached tower outputs) must equal the model's own forward on pixels.
-    ex = make(C.COLOUR_QUESTIONS[0], "red")
-    ids, mask, _ = G.batch_tensors([ex], tok.pad_token_id)
-    x = torch.from_numpy(C.normalise(pixels[:1]))
-    with torch.inference_mode():
-        ref = model(input_ids=ids, attention_mask=mask, pixel_values=x).logits
-        mine = forward(model, ids, mask, feats[:1].float(), image_id)
-    assert torch.allclose(ref, mine, atol=2e-2), (ref - mine).abs().max()
+    G.check_forward(model, forward, make, tok.pad_token_id, pixels, feats, image_id)
 
-    optim = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    rng = random.Random(5)
     model.train()
     tower.eval()
     G.train_and_save(
         model,
         processor,
-        optim,
         trainable,
         feats,
         labels,
@@ -172,8 +148,7 @@ def main() -> None:
         image_id,
         tok.pad_token_id,
         args,
-        rng,
-        log,
+        5,
         t0,
         bf16=args.bf16,
     )
