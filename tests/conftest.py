@@ -147,6 +147,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, build: Callable[[str, Path], Path]
+) -> Callable[[str], Path]:
+    """``kind -> checkpoint``: ``build(kind, a fresh directory)`` on first use, the same directory after."""
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build(kind, tmp_path_factory.mktemp(kind))
+        return built[kind]
+
+    return get
+
+
 @pytest.fixture(scope="module")
 def backend(checkpoint: Callable[[str], Any]) -> Callable[[str], Any]:
     """A backend per kind (the requesting module's ``checkpoint`` fixture builds it), loaded once through the

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from mmcli.testing import contrastive as testing
+from tests.conftest import built_once
 
 WORDS = ["a", "photo", "of", "this", "is", "cat", "dog", "bird", "car", "red", "green", "blue", "circle"]
 LABELS = ["cat", "dog", "red circle"]
@@ -188,14 +189,7 @@ CAPTIONER = partial(with_bert_tokenizer, model="BlipForConditionalGeneration", p
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """family -> its tiny checkpoint, built on first use."""
-    built: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in built:
-            built[family] = FAMILIES[family][0](tmp_path_factory.mktemp(family))
-        return built[family]
-
-    return get
+    return built_once(tmp_path_factory, lambda family, out: FAMILIES[family][0](out))
 
 
 def files(image_dir: Path) -> list[str]:

@@ -24,6 +24,7 @@ from mmcli.modeling import registry, runtime
 from mmcli.modeling.backends import vlm
 from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import vlm_common as common
+from tests.conftest import built_once
 from tests.vlm_common import GREEDY
 
 KINDS = ["blip2-opt", "blip2-t5", "llava", "llava-next"]
@@ -58,14 +59,7 @@ def build(kind: str, directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    built: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in built:
-            built[kind] = build(kind, tmp_path_factory.mktemp(kind))
-        return built[kind]
-
-    return get
+    return built_once(tmp_path_factory, build)
 
 
 one_at_a_time = functools.partial(common.one_at_a_time, images=IMAGES)

@@ -30,6 +30,7 @@ from mmcli.modeling import registry, runtime
 from mmcli.modeling.backends import generation, loading
 from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import zoo
+from tests.conftest import built_once
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PLAIN = ["blip", "instructblip", "instructblip_t5", "idefics", "paligemma", "florence2", "kosmos2", "git"]
@@ -179,15 +180,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    built: dict[str, Path] = {}
-
-    def get(family: str) -> Path:
-        if family not in built:
-            out = tmp_path_factory.mktemp(family)
-            built[family] = BUILDERS[family](out) if family in BUILDERS else zoo.build(family, out)
-        return built[family]
-
-    return get
+    return built_once(tmp_path_factory, lambda family, out: BUILDERS[family](out) if family in BUILDERS else zoo.build(family, out))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

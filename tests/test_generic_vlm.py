@@ -28,6 +28,7 @@ from mmcli.modeling import registry, runtime
 from mmcli.modeling.backends import generic
 from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
 from tests import vlm_common as common
+from tests.conftest import built_once
 from tests.vlm_common import GREEDY
 
 KINDS = ["qwen2_vl", "qwen2_5_vl", "idefics2", "idefics3", "gemma3"]
@@ -60,14 +61,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         "llava": testing_gen.build_llava,
     }
     testing_vlm.register_image_only_processors()  # without torchvision: Qwen's processors minus their video half
-    built: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in built:
-            built[kind] = builders[kind](tmp_path_factory.mktemp(kind))
-        return built[kind]
-
-    return get
+    return built_once(tmp_path_factory, lambda kind, out: builders[kind](out))
 
 
 one_at_a_time = functools.partial(common.one_at_a_time, images=IMAGES)
