@@ -92,53 +92,63 @@ def prompt_templates(template: str | None, ensemble: str | None) -> list[str] | 
     return None if template is None else [tasks.check_template(template)]
 
 
+# classify's own options (eval takes --ensemble too).
+Labels = Annotated[
+    list[str] | None,
+    typer.Option("--labels", "-l", help="Comma-separated labels; repeatable.", show_default=False),
+]
+LabelsFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels-file",
+        help='A UTF-8 file with one label per line; "#" at the start or after a space starts a comment.',
+    ),
+]
+Template = Annotated[
+    str | None,
+    typer.Option(
+        "--template",
+        "-t",
+        help='Prompt template with one "{}" where the label goes; {{ and }} are literal braces '
+        "(default: the model's own).",
+    ),
+]
+Ensemble = Annotated[
+    str | None,
+    typer.Option(
+        "--ensemble",
+        help="Average over a template set from configs/templates.toml (imagenet80).",
+    ),
+]
+Question = Annotated[
+    str | None,
+    typer.Option(
+        "--question",
+        help="Generative models: the question each label answers (default: the model's, e.g. "
+        '"What is in this image?").',
+    ),
+]
+MultiLabel = Annotated[
+    bool,
+    typer.Option("--multi-label", help="Return every label whose score is over --threshold."),
+]
+Threshold = Annotated[
+    float,
+    typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold for --multi-label."),
+]
+
+
 @with_common_options
 def classify(
     inputs: Inputs = None,
-    labels: Annotated[
-        list[str] | None,
-        typer.Option("--labels", "-l", help="Comma-separated labels; repeatable.", show_default=False),
-    ] = None,
-    labels_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--labels-file",
-            help='A UTF-8 file with one label per line; "#" at the start or after a space starts a comment.',
-        ),
-    ] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(
-            "--template",
-            "-t",
-            help='Prompt template with one "{}" where the label goes; {{ and }} are literal braces '
-            "(default: the model's own).",
-        ),
-    ] = None,
-    ensemble: Annotated[
-        str | None,
-        typer.Option(
-            "--ensemble",
-            help="Average over a template set from configs/templates.toml (imagenet80).",
-        ),
-    ] = None,
-    question: Annotated[
-        str | None,
-        typer.Option(
-            "--question",
-            help="Generative models: the question each label answers (default: the model's, e.g. "
-            '"What is in this image?").',
-        ),
-    ] = None,
+    labels: Labels = None,
+    labels_file: LabelsFile = None,
+    template: Template = None,
+    ensemble: Ensemble = None,
+    question: Question = None,
     top_k: TopK = None,
-    multi_label: Annotated[
-        bool,
-        typer.Option("--multi-label", help="Return every label whose score is over --threshold."),
-    ] = False,
-    threshold: Annotated[
-        float,
-        typer.Option("--threshold", min=0.0, max=1.0, help="Score threshold for --multi-label."),
-    ] = 0.5,
+    multi_label: MultiLabel = False,
+    threshold: Threshold = 0.5,
     view: ViewOption = None,
     tiles: Tiles = None,
     pool: Pool = None,

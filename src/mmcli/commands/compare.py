@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,6 +14,9 @@ from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
 from mmcli.run.task import Task, error_record
 from mmcli.sinks.output import Record
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COLUMNS = ["query", "target", "score", "model", "input", "error"]
 TABLE_COLUMNS = ["query", "target", "score"]
@@ -52,8 +55,17 @@ def compare(
     Examples: mmcli compare photos/ --text "a dog on a beach" --top-k 5
               mmcli compare query.jpg --against photos/ --top-k 5
     """
-    import numpy as np
+    check_options(text, against, common)
+    seen = make_view(view, tiles, pool, allow_tta=False)
+    common.overwrite = True  # rankings need every input: compare always writes its output afresh
+    task = CompareTask(bool(text), seen)
+    job = Job(task, common)
+    encoder = Encoder(job, task)
+    return job.run(lambda: rank(job, task, encoder, inputs, text, against, top_k))
 
+
+def check_options(text: list[str] | None, against: list[str] | None, common: CommonOptions) -> None:
+    """What compare refuses before any model loads."""
     if bool(text) == bool(against):
         raise UsageError("give either --text (search images by text) or --against (find look-alikes)")
     if any(not t.strip() for t in text or []):
@@ -64,39 +76,72 @@ def compare(
         )
     if common.manifest:
         raise UsageError("compare takes its inputs on the command line, not from --manifest")
-    seen = make_view(view, tiles, pool, allow_tta=False)
-    common.overwrite = True  # rankings need every input: compare always writes its output afresh
-    task = CompareTask(bool(text), seen)
-    job = Job(task, common)
-    server = job.remote if job.use_server() else None
-    if server is not None:
-        from mmcli.run.remote import client as via
 
-        key = via.model_key(job)
-        server.describe(key)
+
+def rank(
+    job: Job,
+    task: CompareTask,
+    encoder: Encoder,
+    inputs: list[str],
+    text: list[str] | None,
+    against: list[str] | None,
+    top_k: int | None,
+) -> None:
+    """The Job's body: embed the queries and the targets, then write each query's targets, best first."""
+    queries: list[np.ndarray]
+    if text:
+        query_names, queries = list(text), list(encoder.texts(list(text)))
+        target_names, targets = encoder.images(inputs)
     else:
-        backend = job.load()
-        task.prepare(backend)
+        query_names, queries = encoder.images(inputs)
+        target_names, targets = encoder.images(list(against or []))
+    if not queries or not targets or job.stop_signal:
+        return
+    scores, index = task.ranking(queries, targets, bool(text), top_k)
+    for q, name in enumerate(query_names):
+        for score, t in zip(scores[q].tolist(), index[q].tolist(), strict=True):
+            job.emit({"query": name, "target": target_names[t], "score": score, "model": job.spec.label})
+    job.writer.flush()
 
-    def embeddings(work: Any) -> Any:
-        if server is not None:
-            return served(job, key, work)
-        return job.encode_images(work)
 
-    def encode_texts(texts: list[str]) -> np.ndarray:
-        if server is not None:
+class Encoder:
+    """compare's embeddings: from the model loaded here, or from the ``mmcli serve`` that holds it (chosen,
+    and the model described or loaded, when the Encoder is made)."""
+
+    def __init__(self, job: Job, task: CompareTask) -> None:
+        self.job = job
+        self.server = job.remote if job.use_server() else None
+        self.key: Any = None
+        self.backend: Any = None
+        if self.server is not None:
+            from mmcli.run.remote import client as via
+
+            self.key = via.model_key(job)
+            self.server.describe(self.key)
+        else:
+            self.backend = job.load()
+            task.prepare(self.backend)
+
+    def texts(self, texts: list[str]) -> np.ndarray:
+        import numpy as np
+
+        if self.server is not None:
             from mmcli.commands.embed import Embed
 
             text_task = Embed(texts, False)
-            text_task.model = job.spec.label
-            records = server.leading(key, text_task)
+            text_task.model = self.job.spec.label
+            records = self.server.leading(self.key, text_task)
             return np.asarray([r["embedding"] for r in records], dtype=np.float32)
-        return backend.encode_texts(texts).numpy()
+        return self.backend.encode_texts(texts).numpy()
 
-    def encode_all(sources: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    def images(self, sources: list[str]) -> tuple[list[str], list[np.ndarray]]:
+        """The names and embeddings of the images of ``sources``; a failed image is written as its error."""
+        import numpy as np
+
+        job = self.job
         names: list[str] = []
         rows: list[np.ndarray] = []
-        for batch in embeddings(job.pending(job.items(sources))):
+        for batch in self.embeddings(job.pending(job.items(sources))):
             for out in batch:
                 if out.error is not None:
                     job.emit_outcome(out, [error_record(out.item, out.error)])
@@ -109,23 +154,10 @@ def compare(
                 break
         return names, rows
 
-    def body() -> None:
-        queries: list[np.ndarray]
-        if text:
-            query_names, queries = list(text), list(encode_texts(list(text)))
-            target_names, targets = encode_all(inputs)
-        else:
-            query_names, queries = encode_all(inputs)
-            target_names, targets = encode_all(list(against or []))
-        if not queries or not targets or job.stop_signal:
-            return
-        scores, index = task.ranking(queries, targets, bool(text), top_k)
-        for q, name in enumerate(query_names):
-            for score, t in zip(scores[q].tolist(), index[q].tolist(), strict=True):
-                job.emit({"query": name, "target": target_names[t], "score": score, "model": job.spec.label})
-        job.writer.flush()
-
-    return job.run(body)
+    def embeddings(self, work: Any) -> Any:
+        if self.server is not None:
+            return served(self.job, self.key, work)
+        return self.job.encode_images(work)
 
 
 def served(job: Job, key: Any, work: Any) -> Any:

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # -- config facts -----------------------------------------------------------------------------------------
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+
+
+def _count(source: Any, keys: tuple[str, ...]) -> tuple[int, str] | None:
+    """The first of ``keys`` that ``source`` (a config or processor, or None) holds as a positive int, and
+    that key."""
+    for key in keys:
+        value = getattr(source, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, key
+    return None
+
+
 def context_length(config: Any) -> int | None:
     for source in (getattr(config, "text_config", None), config):
         if source is None:
             continue
-        for key in (
-            "max_position_embeddings",
-            "n_positions",
-            "max_seq_len",
-            "seq_length",
-            "n_ctx",
-        ):
-            value = getattr(source, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
+        found = _count(source, CONTEXT_KEYS)
+        if found is not None:
+            return found[0]
     return None
 
 
@@ -40,22 +45,18 @@ def _sub(config: Any, *names: str) -> Any:
     return None
 
 
+CONFIG_TOKEN_COUNTS = ("num_query_tokens", "mm_tokens_per_image", "image_seq_length", "latent_query_num")
+
+
 def image_tokens_from_config(config: Any) -> tuple[int | None, str]:
     """Image tokens per image the model config implies, when it says (query tokens, latents, pooled tokens,
     a fixed sequence length), else the vision tower's patch grid."""
-    for key in (
-        "num_query_tokens",
-        "mm_tokens_per_image",
-        "image_seq_length",
-        "latent_query_num",
-    ):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value, f"config {key}"
-    text = _sub(config, "text_config")
-    value = getattr(text, "num_image_tokens", None)
-    if isinstance(value, int) and value > 0:
-        return value, "config text_config.num_image_tokens"
+    found = _count(config, CONFIG_TOKEN_COUNTS)
+    if found is not None:
+        return found[0], f"config {found[1]}"
+    found = _count(_sub(config, "text_config"), ("num_image_tokens",))
+    if found is not None:
+        return found[0], "config text_config.num_image_tokens"
     perceiver = _sub(config, "perceiver_config")
     latents = getattr(perceiver, "resampler_n_latents", None)
     if isinstance(latents, int) and (
@@ -111,11 +112,8 @@ def image_tokens_from_processor(processor: Any, config: Any = None) -> tuple[int
             tokens = None
         if tokens:
             return int(tokens[0]), size
-    for key in PROCESSOR_TOKEN_COUNTS:
-        value = getattr(processor, key, None)
-        if isinstance(value, int) and value > 0:
-            return value, size
-    return None, size
+    found = _count(processor, PROCESSOR_TOKEN_COUNTS)
+    return (None if found is None else found[0]), size
 
 
 def _config_image_token(config: Any) -> int | None:
