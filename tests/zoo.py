@@ -1,107 +1,48 @@
 """A zoo of tiny real checkpoints: one per multimodal family mmcli should run, built offline.
 
-Each family is one row of ``RECIPES``: the transformers model class (its config class and model type follow
-from it), the config keyword arguments that make it tiny, a tokenizer recipe, the image processor's
-settings (its class is the one transformers maps the model type to), the processor's own settings, the
-real checkpoint's chat template where it has one, and its video processor's settings where it has one.
-``build(family, directory)`` builds the tokenizer, the processor (some add tokens to the tokenizer), then
-the model at the tokenizer's final size, and saves both with ``save_pretrained`` as the hub lays them out.
-Families that already had a builder (``mmcli.testing.contrastive``, ``.generative``, ``.vlm``) reuse it.
+Each family is one row of ``RECIPES``: a ``Recipe`` (its module, ``mmcli.testing.recipe``, explains one) that
+says the transformers model class, the config keyword arguments that make it tiny, the tokenizer, the
+image processor's and processor's settings, the real checkpoint's chat template where it has one, and its
+video processor's settings where it has one. ``build(family, directory)`` builds the row with
+``mmcli.testing.recipe.build``. The families that have ``build_*`` entry points (``mmcli.testing.contrastive``,
+``.generative``, ``.vlm``) take their rows from the same ``*_recipe`` functions, at their default sizes.
 
 Models are random: hidden sizes 32, two layers, 16-64 px images, untied heads. Generative ones are scaled
-as ``testing_gen.speak`` does so that greedy decoding writes varied, non-empty text. Video processors need
-torchvision to be built, so their settings are written into ``processor_config.json`` as a saved
-checkpoint holds them, without building one here.
+(``recipe.speak``) so that greedy decoding writes varied, non-empty text. Video processors need torchvision
+to be built, so their settings are written into ``processor_config.json`` as a saved checkpoint holds them,
+without building one here.
 """
 
 from __future__ import annotations
 
 import json
-import string
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from mmcli.testing import contrastive as testing
-from mmcli.testing import generative as testing_gen
-from mmcli.testing import vlm as testing_vlm
+from mmcli.testing import contrastive, generative, recipe, vlm
+from mmcli.testing.recipe import (
+    CONTRASTIVE,
+    GENERATIVE,
+    HIDDEN,
+    Recipe,
+    bert,
+    has_torchvision,
+    init_zero_projectors,
+    llm,
+    num2words_stand_in,
+    vit,
+    without_video,
+)
+from mmcli.testing.vocab import bert_tokenizer, byte, ids, opt_tokenizer
 
-CONTRASTIVE = ("classify", "embed")
-GENERATIVE = ("caption", "vqa", "classify")
-HIDDEN = 32
-
-
-# -- tokenizers -----------------------------------------------------------------------------------------
-def bert_tokenizer(special: tuple[str, ...] = (), bos: str | None = None) -> Any:
-    """A WordPiece (BERT) tokenizer with one token per character and its ``##`` continuation."""
-    from transformers import BertTokenizer
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *special]
-    chars = string.ascii_lowercase + string.digits + ".,'!?-:;()/&"
-    tokens += list(chars) + ["##" + c for c in chars]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = BertTokenizer(vocab=vocab, do_lower_case=True, bos_token=bos)
-    return tok
-
-
-def byte(special: list[str], eos: str, bos: str | None = None, **named: str) -> Callable[[], Any]:
-    """testing_vlm's byte-level BPE with ``special`` tokens; ``named`` become tokenizer attributes."""
-    return partial(testing_vlm.byte_tokenizer, special, eos, named or None, bos)
-
-
-def ids(tok: Any, token: str) -> int:
-    found: int = tok.convert_tokens_to_ids(token)
-    if found is None or (found == tok.unk_token_id and token != tok.unk_token):
-        raise KeyError(f"{token!r} is not in the tokenizer")
-    return found
-
-
-# -- config pieces ----------------------------------------------------------------------------------------
-def vit(**extra: Any) -> dict[str, Any]:
-    """A CLIP/SigLIP-like vision tower: 32 px images in 8 px patches (16 patches)."""
-    return {
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    } | extra
-
-
-def llm(tok: Any, **extra: Any) -> dict[str, Any]:
-    """A decoder-only language model at the tokenizer's size, untied (tied random heads echo)."""
-    return {
-        "vocab_size": len(tok),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": HIDDEN // 4,
-        "max_position_embeddings": 1024,
-        "tie_word_embeddings": False,
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    } | extra
-
-
-def bert(tok: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "vocab_size": len(tok),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 64,
-        "pad_token_id": tok.pad_token_id,
-    } | extra
+# bench/coverage.py takes these from here (their home is mmcli.testing.recipe).
+_speak = recipe.speak_by_anatomy
+_without_video = without_video
+_num2words_stand_in = num2words_stand_in
 
 
 # -- chat templates of the real checkpoints (trimmed of system prompts, tools and generation markers) ------
@@ -149,25 +90,6 @@ AYA_VISION_TEMPLATE = (  # CohereLabs/aya-vision-8b
 )
 
 
-# -- the recipe -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    """How to build one family's tiny checkpoint (see the module docstring)."""
-
-    tasks: tuple[str, ...]
-    model: str = ""  # the transformers model class; its config class and model type follow
-    config: Callable[[Any], dict[str, Any]] = lambda tok: {}  # the tokenizer -> config keyword arguments
-    tokenizer: Callable[[], Any] = lambda: None
-    image: dict[str, Any] = field(default_factory=dict)  # image processor settings
-    processor: Callable[[Any], dict[str, Any]] = lambda tok: {}  # processor settings
-    chat_template: str | None = None
-    video: dict[str, Any] | None = None  # the video processor's settings (class name included)
-    processor_class: str | None = None  # when transformers' processor mapping has none
-    builder: Callable[[Path], Path] | None = None  # an existing builder does it all
-    fix: Callable[[Any], None] | None = None  # weights that need more than random init
-    model_type: str | None = None  # config.json's model_type, for a builder's checkpoint
-
-
 def _siglip2(tok: Any) -> dict[str, Any]:
     return {
         "text_config": bert(tok, max_position_embeddings=64, projection_size=HIDDEN)
@@ -200,11 +122,11 @@ def _blip(tok: Any) -> dict[str, Any]:
 
 
 def _instructblip(tok: Any) -> dict[str, Any]:
-    parts = testing_gen._blip2_parts(HIDDEN, 32, 4)
+    parts = generative._blip2_parts(HIDDEN, 32, 4)
     parts["qformer_config"] |= {"vocab_size": len(bert_tokenizer()), "max_position_embeddings": 64}
     return parts | {
-        "text_config": testing_gen._language("opt", tok, HIDDEN),
-        "image_token_index": ids(tok, testing_gen.IMAGE_TOKEN),
+        "text_config": generative._language("opt", tok, HIDDEN),
+        "image_token_index": ids(tok, generative.IMAGE_TOKEN),
     }
 
 
@@ -238,16 +160,6 @@ def _idefics(tok: Any) -> dict[str, Any]:
     }
 
 
-def _smolvlm(tok: Any) -> dict[str, Any]:
-    return {
-        "vision_config": vit(image_size=16, patch_size=4),
-        "text_config": llm(tok) | {"model_type": "llama"},
-        "image_token_id": ids(tok, "<image>"),
-        "scale_factor": 2,
-        "tie_word_embeddings": False,
-    }
-
-
 def _mllama(tok: Any) -> dict[str, Any]:
     return {
         "vision_config": {
@@ -269,33 +181,11 @@ def _mllama(tok: Any) -> dict[str, Any]:
 
 
 def _qwen3_vl(tok: Any) -> dict[str, Any]:
-    head_dim = HIDDEN // 4
+    vision = vlm.qwen_vision() | {"intermediate_size": 2 * HIDDEN, "out_hidden_size": HIDDEN}
     return {
-        "vision_config": {
-            "depth": 2,
-            "hidden_size": HIDDEN,
-            "intermediate_size": 2 * HIDDEN,
-            "num_heads": 4,
-            "patch_size": 4,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": HIDDEN,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [0],
-        },
-        "text_config": llm(tok)
-        | {
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8],
-                "mrope_interleaved": True,
-            },
-        },
-        "image_token_id": ids(tok, "<|image_pad|>"),
-        "video_token_id": ids(tok, "<|video_pad|>"),
-        "vision_start_token_id": ids(tok, "<|vision_start|>"),
-        "vision_end_token_id": ids(tok, "<|vision_end|>"),
+        "vision_config": vision | {"num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+        "text_config": llm(tok) | {"rope_parameters": vlm.mrope(HIDDEN // 4, mrope_interleaved=True)},
+        **vlm.qwen_token_ids(tok),
         "tie_word_embeddings": False,
     }
 
@@ -414,16 +304,6 @@ def _aya_vision(tok: Any) -> dict[str, Any]:
     }
 
 
-def _zero_init_projector(model: Any) -> None:
-    """Give zero-initialised projector weights a random start, or the image never reaches the text."""
-    import torch
-
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "projector" in name and param.dim() == 2 and not param.any():
-                param.normal_(0.0, 0.02)
-
-
 def _kaiming_convs(model: Any) -> None:
     """Convolutions initialised at std 0.02 shrink the image to ~1e-29 through EfficientNet's blocks (the
     embedding then normalises to inf): He-initialise them, as a trained network's scale would be."""
@@ -457,12 +337,26 @@ AYA_VISION_SPECIAL = [
 ]
 QWEN_VIDEO = {"video_processor_type": "Qwen2VLVideoProcessor"}
 LLAVA_IMAGE = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
-QWEN_SPECIAL = testing_vlm.QWEN2_VL_SPECIAL
+QWEN_SPECIAL = vlm.QWEN2_VL_SPECIAL
+
+BLIP_ITC = Recipe(  # BLIP's image-text matching model; its captioner differs in the model class alone
+    CONTRASTIVE,
+    "BlipModel",
+    _blip,
+    partial(bert_tokenizer, ("[DEC]",), "[DEC]"),
+    {"size": {"height": 32, "width": 32}},
+)
+DEEPSEEK_VL_TOKENIZER = byte(
+    ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>"],
+    eos="<｜end▁of▁sentence｜>",
+    bos="<｜begin▁of▁sentence｜>",
+    image_token="<image_placeholder>",
+)
 
 RECIPES: dict[str, Recipe] = {
     # -- contrastive: classify + embed --------------------------------------------------------------------
-    "clip": Recipe(CONTRASTIVE, builder=testing.build_clip, model_type="clip"),
-    "siglip": Recipe(CONTRASTIVE, builder=testing.build_siglip, model_type="siglip"),
+    "clip": contrastive.clip_recipe(),
+    "siglip": contrastive.siglip_recipe(),
     "siglip2": Recipe(
         CONTRASTIVE,
         "Siglip2Model",
@@ -485,35 +379,21 @@ RECIPES: dict[str, Recipe] = {
         {"size": {"height": 32, "width": 32}},
         fix=_kaiming_convs,
     ),
-    "blip_itc": Recipe(
-        CONTRASTIVE,
-        "BlipModel",
-        _blip,
-        partial(bert_tokenizer, ("[DEC]",), "[DEC]"),
-        {"size": {"height": 32, "width": 32}},
-    ),
+    "blip_itc": BLIP_ITC,
     # -- generative: caption + vqa + classify -------------------------------------------------------------
-    "blip": Recipe(
-        GENERATIVE,
-        "BlipForConditionalGeneration",
-        _blip,
-        partial(bert_tokenizer, ("[DEC]",), "[DEC]"),
-        {"size": {"height": 32, "width": 32}},
-    ),
-    "blip2_opt": Recipe(GENERATIVE, builder=testing_gen.build_blip2, model_type="blip-2"),
-    "blip2_t5": Recipe(
-        GENERATIVE, builder=partial(testing_gen.build_blip2, language="t5"), model_type="blip-2"
-    ),
+    "blip": replace(BLIP_ITC, tasks=GENERATIVE, model="BlipForConditionalGeneration"),
+    "blip2_opt": generative.blip2_recipe(),
+    "blip2_t5": generative.blip2_recipe(language="t5"),
     "instructblip": Recipe(
         GENERATIVE,
         "InstructBlipForConditionalGeneration",
         _instructblip,
-        testing_gen.opt_tokenizer,
+        opt_tokenizer,
         {"size": {"height": 32, "width": 32}},
         lambda tok: {"qformer_tokenizer": bert_tokenizer(), "num_query_tokens": 4},
     ),
-    "llava": Recipe(GENERATIVE, builder=testing_gen.build_llava, model_type="llava"),
-    "llava_next": Recipe(GENERATIVE, builder=testing_gen.build_llava_next, model_type="llava_next"),
+    "llava": generative.llava_recipe(),
+    "llava_next": generative.llava_next_recipe(),
     "llava_onevision": Recipe(
         GENERATIVE,
         "LlavaOnevisionForConditionalGeneration",
@@ -535,17 +415,13 @@ RECIPES: dict[str, Recipe] = {
         {"image_size": 32},
         lambda tok: {"image_size": 32},
     ),
-    "idefics2": Recipe(GENERATIVE, builder=testing_vlm.build_idefics2, model_type="idefics2"),
-    "idefics3": Recipe(GENERATIVE, builder=testing_vlm.build_idefics3, model_type="idefics3"),
-    "smolvlm": Recipe(
-        GENERATIVE,
-        "SmolVLMForConditionalGeneration",
-        _smolvlm,
-        byte([*testing_vlm.IDEFICS3_SPECIAL, "<video>"], eos="<end_of_utterance>"),
-        {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}, "do_image_splitting": True},
-        lambda tok: {"image_seq_len": 4},
-        testing_vlm.IDEFICS3_CHAT_TEMPLATE,
-        {
+    "idefics2": vlm.idefics2_recipe(),
+    "idefics3": vlm.idefics3_recipe(),
+    "smolvlm": replace(  # Idefics3 with a video half
+        vlm.idefics3_recipe(),
+        model="SmolVLMForConditionalGeneration",
+        tokenizer=byte([*vlm.IDEFICS3_SPECIAL, "<video>"], eos="<end_of_utterance>"),
+        video={
             "video_processor_type": "SmolVLMVideoProcessor",
             "size": {"longest_edge": 32},
             "fps": 1,
@@ -560,26 +436,14 @@ RECIPES: dict[str, Recipe] = {
         {"size": {"height": 32, "width": 32}, "max_image_tiles": 2},
         chat_template=MLLAMA_TEMPLATE,
     ),
-    "qwen2_vl": Recipe(
-        GENERATIVE, builder=testing_vlm.build_qwen2_vl, video=QWEN_VIDEO, model_type="qwen2_vl"
-    ),
-    "qwen2_5_vl": Recipe(
-        GENERATIVE,
-        builder=partial(testing_vlm.build_qwen2_vl, version="2.5"),
-        video=QWEN_VIDEO,
-        model_type="qwen2_5_vl",
-    ),
+    "qwen2_vl": replace(vlm.qwen2_vl_recipe(), video=QWEN_VIDEO),
+    "qwen2_5_vl": replace(vlm.qwen2_vl_recipe(version="2.5"), video=QWEN_VIDEO),
     "qwen3_vl": Recipe(
         GENERATIVE,
         "Qwen3VLForConditionalGeneration",
         _qwen3_vl,
         byte(QWEN_SPECIAL, eos="<|im_end|>"),
-        {
-            "patch_size": 4,
-            "merge_size": 2,
-            "temporal_patch_size": 2,
-            "size": {"shortest_edge": 64, "longest_edge": 32 * 32},
-        },
+        vlm.qwen_images(),
         chat_template=QWEN3_VL_TEMPLATE,
         video={"video_processor_type": "Qwen3VLVideoProcessor"},
     ),
@@ -604,12 +468,7 @@ RECIPES: dict[str, Recipe] = {
         GENERATIVE,
         "DeepseekVLForConditionalGeneration",
         _deepseek_vl,
-        byte(
-            ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>"],
-            eos="<｜end▁of▁sentence｜>",
-            bos="<｜begin▁of▁sentence｜>",
-            image_token="<image_placeholder>",
-        ),
+        DEEPSEEK_VL_TOKENIZER,
         {"size": {"height": 32, "width": 32}},
         lambda tok: {"num_image_tokens": 16},
         DEEPSEEK_VL_TEMPLATE,
@@ -618,12 +477,7 @@ RECIPES: dict[str, Recipe] = {
         GENERATIVE,
         "DeepseekVLHybridForConditionalGeneration",
         partial(_deepseek_vl, hybrid=True),
-        byte(
-            ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<image_placeholder>"],
-            eos="<｜end▁of▁sentence｜>",
-            bos="<｜begin▁of▁sentence｜>",
-            image_token="<image_placeholder>",
-        ),
+        DEEPSEEK_VL_TOKENIZER,
         {"size": {"height": 32, "width": 32}, "high_res_size": {"height": 64, "width": 64}},
         lambda tok: {"num_image_tokens": 16},
         DEEPSEEK_VL_TEMPLATE,
@@ -655,7 +509,7 @@ RECIPES: dict[str, Recipe] = {
         LLAVA_IMAGE,
         processor_class="Kosmos2Processor",
     ),
-    "gemma3": Recipe(GENERATIVE, builder=testing_vlm.build_gemma3, model_type="gemma3"),
+    "gemma3": vlm.gemma3_recipe(),
     "aya_vision": Recipe(
         GENERATIVE,
         "AyaVisionForConditionalGeneration",
@@ -664,20 +518,17 @@ RECIPES: dict[str, Recipe] = {
         {"size": {"height": 32, "width": 32}, "max_patches": 2},
         lambda tok: {"patch_size": 8, "img_size": 32, "downsample_factor": 2},
         AYA_VISION_TEMPLATE,
-        fix=_zero_init_projector,
+        fix=init_zero_projectors,
     ),
 }
-FAMILIES: dict[str, tuple[str, ...]] = {name: recipe.tasks for name, recipe in RECIPES.items()}
+FAMILIES: dict[str, tuple[str, ...]] = {name: row.tasks for name, row in RECIPES.items()}
 
 
 def model_type(family: str) -> str:
     """The model_type of ``family``'s config.json."""
     import transformers
 
-    recipe = RECIPES[family]
-    if recipe.model_type is not None:
-        return recipe.model_type
-    found: str = getattr(transformers, recipe.model).config_class.model_type
+    found: str = getattr(transformers, RECIPES[family].model).config_class.model_type
     return found
 
 
@@ -689,132 +540,9 @@ def family_of(model_type_: str, task: str = "caption") -> str | None:
     return None
 
 
-# -- building ---------------------------------------------------------------------------------------------
 def build(family: str, directory: str | Path) -> Path:
     """Build ``family``'s tiny checkpoint into ``directory`` (created) and return it."""
-    from mmcli.modeling.backends.base import quiet_transformers
-
-    quiet_transformers()
-    recipe = RECIPES[family]
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    if recipe.builder is not None:
-        recipe.builder(out)
-    else:
-        _build(recipe, out)
-    if recipe.video is not None:
-        _add_video_processor(out, recipe.video)
-    return out
-
-
-def _build(recipe: Recipe, out: Path) -> None:
-    import torch
-    import transformers
-    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    torch.manual_seed(0)
-    model_class = getattr(transformers, recipe.model)
-    model_type = model_class.config_class.model_type
-    classes = IMAGE_PROCESSOR_MAPPING_NAMES[model_type]
-    images = getattr(transformers, classes.get("pil") or classes["torchvision"])(**recipe.image)
-    tok = recipe.tokenizer()
-    processor_class = getattr(transformers, recipe.processor_class or PROCESSOR_MAPPING_NAMES[model_type])
-    kwargs = recipe.processor(tok)
-    if recipe.chat_template is not None:
-        kwargs["chat_template"] = recipe.chat_template
-    if recipe.video is not None:  # video processors need torchvision: build without, write its settings after
-        processor_class = _without_video(processor_class)
-    with _num2words_stand_in():
-        processor = processor_class(image_processor=images, tokenizer=tok, **kwargs)  # may add tokens
-    config = model_class.config_class(**recipe.config(tok))
-    model = model_class(config).eval()
-    if recipe.fix is not None:
-        recipe.fix(model)
-    if "caption" in recipe.tasks:
-        _speak(model, tok)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-
-
-def _without_video(cls: type) -> type:
-    """``cls`` built with no video processor: ProcessorMixin takes its sub-processors from ``__init__``'s
-    signature, so a subclass whose ``__init__`` has no ``video_processor`` skips it."""
-
-    import inspect
-
-    def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
-        cls.__init__(
-            self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **kwargs
-        )
-
-    signature = inspect.signature(cls.__init__)  # what to_dict saves: the real class's settings
-    params = [p for p in signature.parameters.values() if p.name != "video_processor"]
-    __init__.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    return type(cls.__name__, (cls,), {"__init__": __init__})
-
-
-def _speak(model: Any, tok: Any) -> None:
-    """testing_gen.speak's scaling, with the parts found from the module tree (mmcli.modeling.anatomy): the LLM's
-    matrices, the input projector and the LM head scaled up, head rows of all but letters zeroed."""
-    import torch
-
-    from mmcli.modeling import anatomy
-
-    parts = anatomy.module_parts(model, generative=True)
-    speaking = set(testing_gen.LETTERS)
-    silent = [i for t, i in tok.get_vocab().items() if not set(t) <= speaking and i < len(tok)]
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            owner = anatomy.part_of(name, parts)
-            if owner == "llm" and param.dim() == 2 and "embed" not in name:
-                param.mul_(testing_gen.LM_SCALE)
-            elif owner == "input_projector":
-                param.mul_(testing_gen.PROJECTOR_SCALE)
-        for path in parts["output_projector"][:1]:
-            head = model.get_submodule(path)
-            head.weight.mul_(testing_gen.HEAD_SCALE)
-            head.weight[[i for i in silent if i < head.weight.shape[0]]] = 0.0
-
-
-@contextmanager
-def _num2words_stand_in() -> Iterator[None]:
-    """SmolVLM's processor refuses to build without ``num2words`` (it words video frame counts only)."""
-    import importlib
-
-    try:
-        module = importlib.import_module("transformers.models.smolvlm.processing_smolvlm")
-    except ImportError:
-        yield
-        return
-    saved = module.num2words
-    module.num2words = module.num2words or str
-    try:
-        yield
-    finally:
-        module.num2words = saved
-
-
-def _add_video_processor(out: Path, video: dict[str, Any]) -> None:
-    """Write the video processor's settings into ``processor_config.json``, as ``save_pretrained`` does with
-    torchvision installed: the image processor's, minus its class, plus the video processor's own."""
-    import transformers
-
-    path = out / "processor_config.json"
-    data = json.loads(path.read_text())
-    settings = {k: v for k, v in data["image_processor"].items() if k != "image_processor_type"}
-    data["video_processor"] = settings | video
-    model_type = json.loads((out / "config.json").read_text())["model_type"]
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-
-    name = PROCESSOR_MAPPING_NAMES.get(model_type)
-    if name and hasattr(transformers, name):  # the real class, not the one built without its video half
-        data["processor_class"] = name
-        tokenizer_config = out / "tokenizer_config.json"
-        settings = json.loads(tokenizer_config.read_text())
-        settings["processor_class"] = name
-        tokenizer_config.write_text(json.dumps(settings, indent=2) + "\n")
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return recipe.build(RECIPES[family], directory)
 
 
 def load_processor(directory: str | Path) -> Any:
@@ -825,8 +553,8 @@ def load_processor(directory: str | Path) -> Any:
 
     directory = Path(directory)
     data = json.loads((directory / "processor_config.json").read_text())
-    if "video_processor" not in data or testing_vlm.has_torchvision():
-        with _num2words_stand_in():
+    if "video_processor" not in data or has_torchvision():
+        with num2words_stand_in():
             return AutoProcessor.from_pretrained(directory)
     settings = {
         k: v for k, v in data.items() if k not in ("image_processor", "video_processor", "processor_class")
@@ -834,8 +562,8 @@ def load_processor(directory: str | Path) -> Any:
     template = directory / "chat_template.jinja"
     if template.is_file():
         settings["chat_template"] = template.read_text()
-    with _num2words_stand_in():
-        processor = _without_video(getattr(transformers, data["processor_class"]))(
+    with num2words_stand_in():
+        processor = without_video(getattr(transformers, data["processor_class"]))(
             image_processor=AutoImageProcessor.from_pretrained(directory),
             tokenizer=AutoTokenizer.from_pretrained(directory),
             **settings,

@@ -1,55 +1,23 @@
-"""Tiny real checkpoints, built offline (config -> save_pretrained), for tests, benchmarks and demos.
+"""Tiny contrastive checkpoints (CLIP, SigLIP), built offline for tests, benchmarks and demos.
 
-They load through exactly the code users hit (``from_pretrained`` on a directory). Weights are random
-unless a caller trains them; ``seed`` makes them reproducible.
+Each ``*_recipe`` function makes the family's ``Recipe`` (``mmcli.testing.recipe``) at the sizes it is
+given; each ``build_*`` entry point builds one into a directory. They load through exactly the code users
+hit (``from_pretrained`` on a directory). Weights are random unless a caller trains them; ``seed`` makes
+them reproducible.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-
-def _quiet() -> None:
-    from mmcli.modeling.backends.base import quiet_transformers
-
-    quiet_transformers()
+from mmcli.testing.recipe import CONTRASTIVE, Recipe, block, build, token_ids
+from mmcli.testing.vocab import clip_tokenizer, siglip_tokenizer
 
 
-CHARS = string.ascii_lowercase + string.digits + ".,'!?-:;()/&"
-
-
-def clip_tokenizer(words: Sequence[str] = ()) -> Any:
-    """A CLIP BPE tokenizer: one token per character (and its end-of-word form), and one token for each
-    of ``words`` (through the merges that build it), so prompts made of them are as short as with
-    CLIP's real 49k-token vocabulary."""
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for c in CHARS:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        if len(word) < 2 or not set(word) <= set(CHARS):
-            continue
-        left = word[0]
-        for i, c in enumerate(word[1:], start=1):
-            right = c + ("</w>" if i == len(word) - 1 else "")
-            merge = (left, right)
-            left += right
-            if merge not in merges:
-                merges.append(merge)
-            vocab.setdefault(left, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # tuples, as tokenizers wants
-
-
-def build_clip(
-    directory: str | Path,
+def clip_recipe(
     *,
     hidden: int = 32,
     layers: int = 2,
@@ -64,48 +32,42 @@ def build_clip(
     seed: int = 0,
     crop: bool = True,
     words: Sequence[str] = (),
-) -> Path:
-    """Save a CLIPModel + CLIPProcessor to ``directory``. Defaults: a ~100 KB model for tests."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+) -> Recipe:
+    """A CLIPModel + CLIPProcessor; the text tower is as wide and deep as the vision one unless told.
+    ``words`` get a token each (``clip_tokenizer``); ``crop``: resize the shortest edge, then center-crop."""
 
-    _quiet()
-    torch.manual_seed(seed)
-    tok = clip_tokenizer(words)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tok),
-            "hidden_size": text_hidden or hidden,
-            "intermediate_size": 4 * (text_hidden or hidden),
-            "num_hidden_layers": text_layers or layers,
-            "num_attention_heads": text_heads or heads,
-            "max_position_embeddings": max_positions,
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
-        vision_config={
-            "hidden_size": hidden,
-            "intermediate_size": 4 * hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "image_size": image_size,
-            "patch_size": patch,
-        },
-        projection_dim=projection,
+    def config(tok: Any) -> dict[str, Any]:
+        text = block(text_hidden or hidden, text_layers or layers, text_heads or heads, ffn=4)
+        return {
+            "text_config": {"vocab_size": len(tok), "max_position_embeddings": max_positions}
+            | text
+            | token_ids(tok),
+            "vision_config": block(hidden, layers, heads, ffn=4)
+            | {"image_size": image_size, "patch_size": patch},
+            "projection_dim": projection,
+        }
+
+    square = {"height": image_size, "width": image_size}
+    images = (
+        {"size": {"shortest_edge": image_size}, "crop_size": square}
+        if crop
+        else {"size": square, "do_center_crop": False}
     )
-    model = CLIPModel(config).eval()
-    if crop:
-        images = CLIPImageProcessor(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-        )
-    else:
-        images = CLIPImageProcessor(size={"height": image_size, "width": image_size}, do_center_crop=False)
-    out = Path(directory)
-    model.save_pretrained(out)
-    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
-    return out
+    return Recipe(
+        CONTRASTIVE,
+        "CLIPModel",
+        config,
+        partial(clip_tokenizer, words),
+        images,
+        image_class="CLIPImageProcessor",
+        seed=seed,
+    )
+
+
+def build_clip(directory: str | Path, **sizes: Any) -> Path:
+    """Save a CLIPModel + CLIPProcessor to ``directory``; ``sizes`` as ``clip_recipe`` takes them (keywords).
+    Defaults: a ~100 KB model for tests."""
+    return build(clip_recipe(**sizes), directory)
 
 
 def build_clip_vit_b32(directory: str | Path, seed: int = 0, words: Sequence[str] = ()) -> Path:
@@ -127,75 +89,37 @@ def build_clip_vit_b32(directory: str | Path, seed: int = 0, words: Sequence[str
     )
 
 
-def build_siglip(directory: str | Path, *, hidden: int = 32, image_size: int = 32, seed: int = 0) -> Path:
-    """Save a tiny SiglipModel + SiglipProcessor (word-level tokenizer, texts padded to 64)."""
+def _siglip_scale(model: Any) -> None:
+    """A non-trivial logit scale and bias, so the tests see them used."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (
-        PreTrainedTokenizerFast,
-        SiglipConfig,
-        SiglipImageProcessor,
-        SiglipModel,
-        SiglipProcessor,
-    )
 
-    _quiet()
-    torch.manual_seed(seed)
-    words = ["<pad>", "<unk>", "</s>", ".", "a", "an", "of", "photo", "this", "is", "the"]
-    words += [
-        "cat",
-        "dog",
-        "bird",
-        "car",
-        "tree",
-        "red",
-        "green",
-        "blue",
-        "yellow",
-        "purple",
-        "orange",
-        "circle",
-        "square",
-        "triangle",
-        "star",
-    ]
-    vocab = {w: i for i, w in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.normalizer = None
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="</s>",
-        model_max_length=64,
-    )
-    config = SiglipConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": hidden,
-            "intermediate_size": 4 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 64,
-            "projection_size": hidden,
-        },
-        vision_config={
-            "hidden_size": hidden,
-            "intermediate_size": 4 * hidden,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": image_size,
-            "patch_size": 8,
-        },
-    )
-    model = SiglipModel(config).eval()
-    with torch.no_grad():  # a non-trivial scale and bias, so the test sees them used
+    with torch.no_grad():
         model.logit_scale.fill_(2.3)
         model.logit_bias.fill_(-1.5)
-    out = Path(directory)
-    model.save_pretrained(out)
-    images = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    SiglipProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
-    return out
+
+
+def siglip_recipe(*, hidden: int = 32, image_size: int = 32, seed: int = 0) -> Recipe:
+    """A SiglipModel + SiglipProcessor (word-level tokenizer, texts padded to 64)."""
+
+    def config(tok: Any) -> dict[str, Any]:
+        return {
+            "text_config": {"vocab_size": len(tok), "max_position_embeddings": 64, "projection_size": hidden}
+            | block(hidden, ffn=4),
+            "vision_config": block(hidden, ffn=4) | {"image_size": image_size, "patch_size": 8},
+        }
+
+    return Recipe(
+        CONTRASTIVE,
+        "SiglipModel",
+        config,
+        siglip_tokenizer,
+        {"size": {"height": image_size, "width": image_size}},
+        image_class="SiglipImageProcessor",
+        fix=_siglip_scale,
+        seed=seed,
+    )
+
+
+def build_siglip(directory: str | Path, **sizes: Any) -> Path:
+    """Save a tiny SiglipModel + SiglipProcessor; ``sizes`` as ``siglip_recipe`` takes them (keywords)."""
+    return build(siglip_recipe(**sizes), directory)
