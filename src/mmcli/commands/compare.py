@@ -9,10 +9,9 @@ import typer
 from mmcli.commands._options import Pool, RequiredInputs, Tiles, TopK, ViewOption, with_common_options
 from mmcli.errors import UsageError
 from mmcli.modeling.views import View, make_view
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task, error_record
+from mmcli.run.task import Outcome, Task, error_record
 from mmcli.sinks.output import Record
 
 COLUMNS = ["query", "target", "score", "model", "input", "error"]
@@ -70,7 +69,7 @@ def compare(
     job = Job(task, common)
     server = job.remote if job.use_server() else None
     if server is not None:
-        from mmcli.run.remote import client as via
+        from mmcli.run.remote import offload as via
 
         key = via.model_key(job)
         server.describe(key)
@@ -133,7 +132,7 @@ def served(job: Job, key: Any, work: Any) -> Any:
     float32 vector, or a view's packed matrix."""
     import numpy as np
 
-    from mmcli.run.remote import client as via
+    from mmcli.run.remote import offload as via
 
     task = job.task
     assert isinstance(task, CompareTask) and job.remote is not None
