@@ -35,9 +35,9 @@ def default_workers() -> list[int]:
 def feed_rate(model: Path, files: list[Path], workers: int) -> float:
     """Images/s through the loader alone (read, isolated decode, preprocess, batch), decoders started."""
     from mmcli.commands.classify import ContrastiveClassify
-    from mmcli.run.loader import Outcome
     from mmcli.run.options import CommonOptions
     from mmcli.run.pipeline import Job
+    from mmcli.run.task import Outcome
     from mmcli.sources.inputs import Item
 
     options = CommonOptions(model=str(model), workers=workers, no_cache=True, quiet=True, batch_size=16)

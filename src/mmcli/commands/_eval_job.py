@@ -8,11 +8,10 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from mmcli.commands._eval_data import Dataset
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
 from mmcli.run.progress import Reporter, Summary
-from mmcli.run.task import Task
+from mmcli.run.task import Outcome, Task
 from mmcli.sinks import metrics
 from mmcli.sinks.output import Record, Writer
 

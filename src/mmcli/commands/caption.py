@@ -16,10 +16,9 @@ import typer
 from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Temperature, TopP, generate_options
 from mmcli.commands._options import Inputs, Report, with_common_options
 from mmcli.errors import UsageError
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task, error_record
+from mmcli.run.task import Outcome, Task, error_record
 from mmcli.sinks.output import Record
 
 COLUMNS = ["input", "caption", "model", "prompt", "error"]

@@ -22,10 +22,9 @@ from mmcli.commands._options import (
 )
 from mmcli.errors import UsageError
 from mmcli.modeling.views import View, make_view, refuse_generative
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task
+from mmcli.run.task import Outcome, Task
 from mmcli.sinks.output import Record
 
 if TYPE_CHECKING:

@@ -9,10 +9,9 @@ import typer
 from mmcli.commands._options import Pool, RequiredInputs, Tiles, TopK, ViewOption, with_common_options
 from mmcli.errors import UsageError
 from mmcli.modeling.views import View, make_view
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task, error_record
+from mmcli.run.task import Outcome, Task, error_record
 from mmcli.sinks.output import Record
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ class Encoder:
         self.key: Any = None
         self.backend: Any = None
         if self.server is not None:
-            from mmcli.run.remote import client as via
+            from mmcli.run.remote import offload as via
 
             self.key = via.model_key(job)
             self.server.describe(self.key)
@@ -156,25 +155,24 @@ class Encoder:
 
     def embeddings(self, work: Any) -> Any:
         if self.server is not None:
-            return served(self.job, self.key, work)
+            return self.served(work)
         return self.job.encode_images(work)
 
+    def served(self, work: Any) -> Any:
+        """Image embeddings computed by the ``mmcli serve`` (CompareTask's records): outcomes whose value is
+        a float32 vector, or a view's packed matrix."""
+        import numpy as np
 
-def served(job: Job, key: Any, work: Any) -> Any:
-    """Image embeddings computed by a ``mmcli serve`` (CompareTask's records): outcomes whose value is a
-    float32 vector, or a view's packed matrix."""
-    import numpy as np
+        from mmcli.run.remote import offload as via
 
-    from mmcli.run.remote import client as via
-
-    task = job.task
-    assert isinstance(task, CompareTask) and job.remote is not None
-    for batch in via.results(job, job.remote, key, task, work):
-        for out, records in batch:
-            if out.error is None and records:
-                out.value = np.asarray(records[0]["embedding"], dtype=np.float32)
-                task.scale = records[0].get("scale", task.scale)
-        yield [out for out, _ in batch]
+        task = self.job.task
+        assert isinstance(task, CompareTask) and self.server is not None
+        for batch in via.results(self.job, self.server, self.key, task, work):
+            for out, records in batch:
+                if out.error is None and records:
+                    out.value = np.asarray(records[0]["embedding"], dtype=np.float32)
+                    task.scale = records[0].get("scale", task.scale)
+            yield [out for out, _ in batch]
 
 
 class CompareTask(Task):

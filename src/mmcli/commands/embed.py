@@ -9,10 +9,9 @@ import typer
 from mmcli.commands._options import Pool, Tiles, ViewOption, with_common_options
 from mmcli.errors import UsageError
 from mmcli.modeling.views import View, make_view
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task
+from mmcli.run.task import Outcome, Task
 from mmcli.sinks.output import Record
 
 COLUMNS = ["input", "text", "embedding", "model", "error"]

@@ -9,11 +9,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from mmcli.errors import EXIT_FATAL, EXIT_OK, MmcliError, UsageError
+
+if TYPE_CHECKING:
+    from mmcli.server.engine import Engine
+    from mmcli.server.unix import UnixServer
 
 SERVER = "Server"
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
@@ -29,55 +33,58 @@ def parse_duration(text: str, option: str) -> float:
     return float(match.group(1)) * UNITS[unit]
 
 
+SocketPath = Annotated[
+    Path | None,
+    typer.Option("--socket", help="The Unix socket [default: $MMCLI_SOCKET, else under $XDG_RUNTIME_DIR]."),
+]
+Http = Annotated[
+    str | None,
+    typer.Option(
+        "--http", help="Also serve the HTTP API on HOST:PORT (needs mmcli\\[serve]).", show_default=False
+    ),
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="MMCLI_TOKEN",
+        help="Bearer token the HTTP API requires (needed off loopback) [env: MMCLI_TOKEN].",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+KeepAlive = Annotated[
+    str, typer.Option("--keep-alive", help="Unload a model this long after its last request (0: never).")
+]
+MaxModels = Annotated[
+    int,
+    typer.Option("--max-models", min=1, help="Models loaded at once; the least recently used goes first."),
+]
+BatchWait = Annotated[
+    str, typer.Option("--batch-wait", help="Longest a request waits for others to share its forward pass.")
+]
+Preload = Annotated[
+    list[str] | None,
+    typer.Option("--preload", help="Load this model at start (repeatable).", show_default=False),
+]
+MaxBody = Annotated[int, typer.Option("--max-body-mb", min=1, help="Largest HTTP request body, in MiB.")]
+Status = Annotated[bool, typer.Option("--status", help="Show the running server (exit 1 when none answers).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="With --status: print it as JSON.")]
+Stop = Annotated[bool, typer.Option("--stop", help="Stop the running server.")]
+
+
 def serve(
-    socket_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--socket", help="The Unix socket [default: $MMCLI_SOCKET, else under $XDG_RUNTIME_DIR]."
-        ),
-    ] = None,
-    http: Annotated[
-        str | None,
-        typer.Option(
-            "--http", help="Also serve the HTTP API on HOST:PORT (needs mmcli\\[serve]).", show_default=False
-        ),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="MMCLI_TOKEN",
-            help="Bearer token the HTTP API requires (needed off loopback) [env: MMCLI_TOKEN].",
-            show_default=False,
-            show_envvar=False,
-        ),
-    ] = None,
-    keep_alive: Annotated[
-        str,
-        typer.Option("--keep-alive", help="Unload a model this long after its last request (0: never)."),
-    ] = "5m",
-    max_models: Annotated[
-        int,
-        typer.Option(
-            "--max-models", min=1, help="Models loaded at once; the least recently used goes first."
-        ),
-    ] = 2,
-    batch_wait: Annotated[
-        str,
-        typer.Option("--batch-wait", help="Longest a request waits for others to share its forward pass."),
-    ] = "5ms",
-    preload: Annotated[
-        list[str] | None,
-        typer.Option("--preload", help="Load this model at start (repeatable).", show_default=False),
-    ] = None,
-    max_body: Annotated[
-        int, typer.Option("--max-body-mb", min=1, help="Largest HTTP request body, in MiB.")
-    ] = 64,
-    status: Annotated[
-        bool, typer.Option("--status", help="Show the running server (exit 1 when none answers).")
-    ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="With --status: print it as JSON.")] = False,
-    stop: Annotated[bool, typer.Option("--stop", help="Stop the running server.")] = False,
+    socket_path: SocketPath = None,
+    http: Http = None,
+    token: Token = None,
+    keep_alive: KeepAlive = "5m",
+    max_models: MaxModels = 2,
+    batch_wait: BatchWait = "5ms",
+    preload: Preload = None,
+    max_body: MaxBody = 64,
+    status: Status = False,
+    json_out: JsonOut = False,
+    stop: Stop = False,
 ) -> int:
     """Keep models loaded for the CLI (which uses the server by itself) and for HTTP clients.
 
@@ -136,28 +143,10 @@ def run_server(
     preload: list[str],
     max_body: int,
 ) -> int:
-    from mmcli.server.engine import Engine, ModelKey
-    from mmcli.server.unix import UnixServer
+    from mmcli.server.engine import Engine
 
     engine = Engine(keep_alive=keep_alive, max_models=max_models, batch_wait=batch_wait, log=log)
-    http_url = f"http://{listen[0]}:{listen[1]}" if listen else None
-    server = UnixServer(engine, path, log, http=http_url)
-    web: Any = None
-    try:
-        server.bind()
-        if listen is not None:
-            import importlib
-
-            http_face: Any = importlib.import_module("mmcli.server.http")  # the optional extra mmcli[serve]
-            web = http_face.start(engine, listen[0], listen[1], token, max_body, log=log)
-            http_url = server.http = web.url  # the port bound (--http 127.0.0.1:0 picks one)
-        engine.warm_decoders()
-        for name in preload:
-            engine.describe(ModelKey(name))
-    except BaseException:
-        server.close()
-        engine.close()
-        raise
+    server, web = start_serving(engine, path, listen, token, preload, max_body)
     stopping: list[str] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -168,7 +157,7 @@ def run_server(
         server.stopping.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    where = f" and {http_url}" if web is not None else ""
+    where = f" and {web.url}" if web is not None else ""
     log(
         f"listening on {path}{where} (pid {os.getpid()}; keep-alive {keep_alive:g} s, up to {max_models} models)"
     )
@@ -188,6 +177,40 @@ def run_server(
         engine.close()
     log("stopped")
     return EXIT_OK
+
+
+def start_serving(
+    engine: Engine,
+    path: Path,
+    listen: tuple[str, int] | None,
+    token: str | None,
+    preload: list[str],
+    max_body: int,
+) -> tuple[UnixServer, Any]:
+    """Bind the socket (and the HTTP face, when ``listen``), start the decoders, load the --preload models;
+    the Unix server and the HTTP one (or None). A failure closes what was opened."""
+    from mmcli.server.engine import ModelKey
+    from mmcli.server.unix import UnixServer
+
+    http_url = f"http://{listen[0]}:{listen[1]}" if listen else None
+    server = UnixServer(engine, path, log, http=http_url)
+    web: Any = None
+    try:
+        server.bind()
+        if listen is not None:
+            import importlib
+
+            http_face: Any = importlib.import_module("mmcli.server.http")  # the optional extra mmcli[serve]
+            web = http_face.start(engine, listen[0], listen[1], token, max_body, log=log)
+            server.http = web.url  # the port bound (--http 127.0.0.1:0 picks one)
+        engine.warm_decoders()
+        for name in preload:
+            engine.describe(ModelKey(name))
+    except BaseException:
+        server.close()
+        engine.close()
+        raise
+    return server, web
 
 
 def _connect(path: Path) -> Any:

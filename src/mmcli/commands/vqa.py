@@ -12,10 +12,9 @@ from mmcli.commands._generate import MaxNewTokens, NumBeams, Sample, Seed, Tempe
 from mmcli.commands._options import Inputs, with_common_options
 from mmcli.commands.classify import FULL_LINE_COMMENT, read_list_file, refuse_duplicates
 from mmcli.errors import UsageError
-from mmcli.run.loader import Outcome
 from mmcli.run.options import CommonOptions
 from mmcli.run.pipeline import Job
-from mmcli.run.task import Task
+from mmcli.run.task import Outcome, Task
 from mmcli.sinks.output import Record
 
 COLUMNS = ["input", "question", "answer", "model", "error"]

@@ -1,7 +1,7 @@
 """The image side of a run, shared by every task: read, look up the embedding cache, decode and preprocess in
 worker threads a batch or two ahead of the model, batch, run the model with out-of-memory back-off.
 
-``Loader`` is mixed into ``pipeline.Job``; ``Backoff`` is also used by the Ray engine's actors.
+``Loader`` is mixed into the Job (``run.job.JobSetup``); ``Backoff`` is also used by the Ray engine's actors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -22,31 +21,15 @@ if TYPE_CHECKING:
     from mmcli.modeling.runtime import Runtime
     from mmcli.run.cache import EmbeddingCache
     from mmcli.run.options import CommonOptions
-    from mmcli.run.task import Task
+    from mmcli.run.task import Outcome, Task
     from mmcli.sources.decoder import Decoders
-    from mmcli.sources.inputs import Item, Source
+    from mmcli.sources.inputs import Source
 
 
 def batched(iterable: Iterable[Any], n: int) -> Iterator[list[Any]]:
     it = iter(iterable)
     while chunk := list(islice(it, n)):
         yield chunk
-
-
-@dataclass
-class Outcome:
-    """One input on its way through the run: its resume keys (one per record), then its result (an
-    embedding row, a caption, ...) or the reason it failed."""
-
-    item: Item
-    keys: list[str] = field(default_factory=list)
-    value: Any = None
-    error: str | None = None
-    digest: str | None = None  # content hash, when the embedding cache is in use
-    cached: bool = False
-    warning: str | None = None  # what the decoder said about the file (libtiff, Pillow), one short line
-    thumbnail: bytes | None = None  # a small JPEG of the decoded pixels, for --report
-    before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
 
 
 class Loader:
@@ -249,16 +232,3 @@ class Backoff:
             if self.warn is not None:
                 self.warn(f"out of memory with a batch of {len(parts)}: retrying in batches of {self.limit}")
             return self.run(fn, parts)
-
-
-def weights_stamp(directory: str) -> list[tuple[str, int, int]]:
-    """Name, size and mtime of a local checkpoint's weight files: retrained weights miss the cache."""
-    stamp = []
-    try:
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and entry.is_file():
-                st = entry.stat()
-                stamp.append((entry.name, st.st_size, st.st_mtime_ns))
-    except OSError:
-        pass
-    return stamp

@@ -1,5 +1,5 @@
-"""What one subcommand computes (``Task``), and the small pieces of a run that every engine shares: error
-records, resume keys, the embedding cache's namespace.
+"""What one subcommand computes (``Task``), and the small pieces of a run that every engine shares: an
+input on its way through the run (``Outcome``), error records, resume keys, the embedding cache's namespace.
 
 Below the Job and the engines: the local Job (``run.pipeline``), the Ray engine and the client of a running
 ``mmcli serve`` all run a Task; none of them is needed to define one.
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mmcli.run.loader import weights_stamp
 from mmcli.sinks.records import Record
 
 if TYPE_CHECKING:
@@ -20,8 +21,23 @@ if TYPE_CHECKING:
     from mmcli.modeling.runtime import Runtime
     from mmcli.modeling.spec import ModelSpec
     from mmcli.modeling.views import View
-    from mmcli.run.loader import Outcome
     from mmcli.sources.inputs import Item
+
+
+@dataclass
+class Outcome:
+    """One input on its way through the run: its resume keys (one per record), then its result (an
+    embedding row, a caption, ...) or the reason it failed."""
+
+    item: Item
+    keys: list[str] = field(default_factory=list)
+    value: Any = None
+    error: str | None = None
+    digest: str | None = None  # content hash, when the embedding cache is in use
+    cached: bool = False
+    warning: str | None = None  # what the decoder said about the file (libtiff, Pillow), one short line
+    thumbnail: bytes | None = None  # a small JPEG of the decoded pixels, for --report
+    before: list[str] = field(default_factory=list)  # keys of skipped inputs just before this one
 
 
 class Task:
@@ -110,6 +126,19 @@ def cache_namespace(spec: ModelSpec, runtime: Runtime, task: Task | None = None)
     ]
     tag = task.cache_tag() if task is not None else None
     return json.dumps(fields if tag is None else [*fields, {"view": tag}])
+
+
+def weights_stamp(directory: str) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of a local checkpoint's weight files: retrained weights miss the cache."""
+    stamp = []
+    try:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and entry.is_file():
+                st = entry.stat()
+                stamp.append((entry.name, st.st_size, st.st_mtime_ns))
+    except OSError:
+        pass
+    return stamp
 
 
 def keyed(records: list[Record], keys: list[str]) -> Iterator[tuple[str | None, Record]]:

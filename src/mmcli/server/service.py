@@ -137,8 +137,8 @@ def download(url: str, max_bytes: int | None = None) -> ImageInput:
 
 def local_inputs(name: str) -> list[ImageInput]:
     """A path as the CLI takes it: a file, a directory (walked) or a glob; the server reads the files."""
-    from mmcli.run.loader import Outcome
-    from mmcli.run.remote.client import read_input
+    from mmcli.run.remote.offload import read_input
+    from mmcli.run.task import Outcome
     from mmcli.sources.inputs import expand
 
     # as the CLI sends them: the bytes (a URL fetched here), the path of a file too large to copy

@@ -31,8 +31,8 @@ from mmcli.errors import MmcliError, UsageError
 from mmcli.run.task import Task, error_record
 
 if TYPE_CHECKING:
-    from mmcli.run.loader import Outcome
-    from mmcli.run.pipeline import Job
+    from mmcli.run.lifecycle import JobRun
+    from mmcli.run.task import Outcome
     from mmcli.sinks.output import Record
 
 INSTALL_HINT = "pip install 'mmcli[ray]'"
@@ -105,7 +105,7 @@ def directory_url(output: str | None) -> str | None:
     return output if output and "://" in output else None
 
 
-def run(job: Job, inputs: Sequence[str]) -> int:
+def run(job: JobRun, inputs: Sequence[str]) -> int:
     """Run ``job`` on Ray; returns the exit status, as ``Job.execute`` does."""
     task, options = job.task, job.options
     if task.name not in SUPPORTED_TASKS:
@@ -184,7 +184,7 @@ def connect(ray: Any, address: str) -> bool:
     return True
 
 
-def make_plan(ray: Any, job: Job, local: bool) -> Plan:
+def make_plan(ray: Any, job: JobRun, local: bool) -> Plan:
     options = job.options
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
@@ -220,7 +220,7 @@ def configure_data(ray: Any, show_progress: bool) -> None:
 
 
 # -- the dataset ---------------------------------------------------------------------------------------
-def shipped_spec(job: Job) -> Any:
+def shipped_spec(job: JobRun) -> Any:
     """The spec as the workers need it: a local checkpoint as an absolute path (their cwd differs)."""
     spec = job.spec
     if spec.is_local:
@@ -242,7 +242,7 @@ def row_for(idx: int, out: Outcome) -> dict[str, Any]:
     }
 
 
-def build(ray: Any, job: Job, rows: list[dict[str, Any]], plan: Plan) -> Any:
+def build(ray: Any, job: JobRun, rows: list[dict[str, Any]], plan: Plan) -> Any:
     from mmcli.run.engines import ray_stages as stages
 
     remote: dict[str, Any] = {"num_cpus": plan.cpus_per_actor}
@@ -274,9 +274,9 @@ def build(ray: Any, job: Job, rows: list[dict[str, Any]], plan: Plan) -> Any:
         )
 
 
-def leading(ray: Any, job: Job, plan: Plan) -> list[Record]:
+def leading(ray: Any, job: JobRun, plan: Plan) -> list[Record]:
     """``task.leading`` records (embed --text), computed in a Ray task with an actor's resources, each with
-    its resume key (as ``Job._leading`` keys them)."""
+    its resume key (as ``Job.leading_key`` keys them)."""
     if type(job.task).leading is Task.leading:
         return []
     from mmcli.run.engines import ray_stages as stages
@@ -288,7 +288,7 @@ def leading(ray: Any, job: Job, plan: Plan) -> list[Record]:
 
 
 # -- output streamed to this process ---------------------------------------------------------------------
-def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
+def stream(ray: Any, job: JobRun, inputs: Sequence[str], plan: Plan) -> None:
     job.write_leading([{k: v for k, v in record.items() if k != "key"} for record in leading(ray, job, plan)])
     outcomes: dict[int, Outcome] = {}
     rows = []
@@ -312,7 +312,7 @@ def stream(ray: Any, job: Job, inputs: Sequence[str], plan: Plan) -> None:
 
 
 # -- output written by the workers to a directory URL ------------------------------------------------------
-def write_directory(ray: Any, job: Job, inputs: Sequence[str], plan: Plan, url: str) -> None:
+def write_directory(ray: Any, job: JobRun, inputs: Sequence[str], plan: Plan, url: str) -> None:
     from mmcli.run.engines import ray_stages as stages
 
     overwrite = job.options.overwrite

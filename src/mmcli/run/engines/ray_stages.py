@@ -105,7 +105,7 @@ class Predictor:
     def predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
-        from mmcli.run.loader import Outcome
+        from mmcli.run.task import Outcome
         from mmcli.sources.inputs import Item
 
         if self.failure is not None:
