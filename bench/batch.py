@@ -16,31 +16,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import classify as base  # bench/classify.py: the model and images are shared
+import harness  # bench/harness.py: the model, the images, the timing
 
 MEMORY_TARGET_MB = 50.0
+BASELINE_TARGET = 0.95
 
 
 def run(
     mmcli: str, directory: Path, model: Path, summary: Path, out: Path, *extra: str, source: str | None = None
 ) -> dict[str, Any]:
     """One run; ``source``: another checkout's src/ (an earlier mmcli), run with this venv's packages."""
-    env = base.child_env(2)
+    env = harness.child_env(2)
     program = [mmcli]
     if source is not None:
         env["PYTHONPATH"] = source
-        program = [sys.executable, "-m", "mmcli"]
+        program = list(harness.MMCLI)
     cmd = [
-        *program, "classify", str(directory), "--labels", ",".join(base.LABELS), "--model", str(model),
+        *program, "classify", str(directory), "--labels", ",".join(harness.LABELS), "--model", str(model),
         "--no-cache", "--summary-json", str(summary), "--output", str(out), "--overwrite", *extra,
     ]  # fmt: skip
-    result = base.run_timed(cmd, env)
+    result = harness.run_timed(cmd, env)
     if result["rc"] != 0:
         raise SystemExit(f"mmcli failed ({result['rc']}): {result['stderr']}")
     facts = json.loads(summary.read_text())
@@ -72,13 +70,10 @@ def linked_tree(out: Path, files: list[Path], count: int) -> Path:
 def small_model(out: Path) -> Path:
     from mmcli.testing.contrastive import build_clip
 
-    directory = out / "clip-small"
-    if not (directory / "config.json").is_file():
-        build_clip(directory)
-    return directory
+    return harness.ensure_built(out / "clip-small", build_clip)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--images", type=int, default=1000)
@@ -88,15 +83,15 @@ def main() -> int:
         metavar="SRC",
         help="also run the prefetch case with an earlier mmcli's src/ (e.g. a git worktree), interleaved",
     )
-    args = parser.parse_args()
-    out = base.OUT
-    out.mkdir(parents=True, exist_ok=True)
-    mmcli = str(Path(sys.executable).parent / "mmcli")
-    model = base.ensure_model(out)
-    files = base.ensure_images(out, args.images)
-    directory = out / f"images-{args.images}"
-    summary, records = out / "batch-summary.json", out / "batch-out.jsonl"
+    return parser.parse_args()
 
+
+def throughput(
+    args: argparse.Namespace, mmcli: str, model: Path, directory: Path
+) -> dict[str, dict[str, Any]]:
+    """Prefetch on and off (and the baseline's), interleaved over the rounds: each case's medians."""
+    out = harness.OUT
+    summary, records = out / "batch-summary.json", out / "batch-out.jsonl"
     cases: list[tuple[str, list[str], str | None]] = [
         ("prefetch", [], None),
         ("no prefetch", ["--workers", "0"], None),
@@ -106,32 +101,54 @@ def main() -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in cases}
     for r in range(args.rounds):
         for name, extra, source in cases:
-            base.wait_for_quiet(30)
+            harness.wait_for_quiet(30)
             fig = run(mmcli, directory, model, summary, records, *extra, source=source)
             runs[name].append(fig)
-            base.log(
+            harness.log(
                 f"round {r + 1} {name}: {fig['images_per_s']:.2f} images/s, waited {fig['wait_share']:.1%}, "
                 f"{fig['wall_s']:.1f} s"
             )
+    keys = ("images_per_s", "end_to_end_per_s", "wait_share", "wall_s")
+    return {name: harness.medians(figs, keys) for name, figs in runs.items()}
 
+
+def memory(
+    args: argparse.Namespace, mmcli: str, files: list[Path], directory: Path
+) -> dict[int, dict[str, Any]]:
+    """A run of the small CLIP over --images inputs and over --many: each one's figures."""
+    out = harness.OUT
+    summary, records = out / "batch-summary.json", out / "batch-out.jsonl"
     tiny = small_model(out)
-    memory = {}
+    figures = {}
     for count, tree in ((args.images, directory), (args.many, linked_tree(out, files, args.many))):
-        base.wait_for_quiet(30)
+        harness.wait_for_quiet(30)
         fig = run(mmcli, tree, tiny, summary, records)
-        memory[count] = fig
-        base.log(f"{count} inputs: peak RSS {fig['max_rss_mb']:.0f} MB, {fig['images_per_s']:.1f} images/s")
+        figures[count] = fig
+        harness.log(
+            f"{count} inputs: peak RSS {fig['max_rss_mb']:.0f} MB, {fig['images_per_s']:.1f} images/s"
+        )
+    return figures
 
-    med = statistics.median
-    result = {
-        name: {
-            k: med(f[k] for f in figs) for k in ("images_per_s", "end_to_end_per_s", "wait_share", "wall_s")
-        }
-        for name, figs in runs.items()
-    }
-    mem_small, mem_big = memory[args.images]["max_rss_mb"], memory[args.many]["max_rss_mb"]
-    report = {"throughput": result, "peak_rss_mb": {str(k): v["max_rss_mb"] for k, v in memory.items()}}
-    (out / "batch.json").write_text(json.dumps(report, indent=2))
+
+def main() -> int:
+    args = parse_args()
+    out = harness.OUT
+    out.mkdir(parents=True, exist_ok=True)
+    mmcli = harness.mmcli_script()
+    model = harness.ensure_model(out)
+    files = harness.ensure_images(out, args.images)
+    directory = out / f"images-{args.images}"
+    result = throughput(args, mmcli, model, directory)
+    peaks = memory(args, mmcli, files, directory)
+    report = {"throughput": result, "peak_rss_mb": {str(k): v["max_rss_mb"] for k, v in peaks.items()}}
+    harness.save_json(out / "batch.json", report)
+    show(args, result, peaks[args.images]["max_rss_mb"], peaks[args.many]["max_rss_mb"])
+    return 0
+
+
+def show(
+    args: argparse.Namespace, result: dict[str, dict[str, Any]], mem_small: float, mem_big: float
+) -> None:
     pre, nopre = result["prefetch"], result["no prefetch"]
     print(
         f"bench/batch.py: {args.images} JPEGs 640x480, random-weight ViT-B/32, fp32 CPU, batch 16, medians of {args.rounds}"
@@ -144,17 +161,16 @@ def main() -> int:
     print(f"  prefetch speed-up: {pre['images_per_s'] / nopre['images_per_s']:.2f}x")
     if "baseline" in result:
         ratio = pre["images_per_s"] / result["baseline"]["images_per_s"]
-        verdict = "MET" if ratio >= 0.95 else "MISSED"
+        verdict = harness.verdict(ratio, BASELINE_TARGET)
         print(
-            f"  against the baseline ({args.baseline}): {ratio:.3f}x its images/s (target >= 0.95: {verdict})"
+            f"  against the baseline ({args.baseline}): {ratio:.3f}x its images/s (target >= {BASELINE_TARGET}: {verdict})"
         )
     diff = mem_big - mem_small
-    verdict = "MET" if abs(diff) <= MEMORY_TARGET_MB else "MISSED"
+    verdict = harness.verdict(abs(diff), MEMORY_TARGET_MB, at_least=False)
     print(
         f"  peak RSS (small CLIP): {args.images} inputs {mem_small:.0f} MB, {args.many} inputs {mem_big:.0f} MB: "
         f"{diff:+.0f} MB (target within {MEMORY_TARGET_MB:.0f} MB: {verdict})"
     )
-    return 0
 
 
 if __name__ == "__main__":

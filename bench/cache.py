@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import classify as base  # bench/classify.py: the model and images are shared
+import harness  # bench/harness.py: the model, the images, the timing
 
 FIRST = ["cat", "dog", "bird", "car", "tree", "house", "boat", "flower", "horse", "airplane"]
 SECOND = ["apple", "chair", "river", "mountain", "train", "bicycle", "lamp", "clock", "shoe", "guitar"]
@@ -34,7 +31,7 @@ def run(
         mmcli, "classify", str(directory), "--labels", ",".join(labels), "--model", str(model),
         "--cache-dir", str(cache), "--summary-json", str(summary), "--format", "jsonl",
     ]  # fmt: skip
-    result = base.run_timed(cmd, base.child_env(2))
+    result = harness.run_timed(cmd, harness.child_env(2))
     if result["rc"] != 0:
         raise SystemExit(f"mmcli failed ({result['rc']}): {result['stderr']}")
     facts = json.loads(summary.read_text())
@@ -53,61 +50,63 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
-    out = base.OUT
+    out = harness.OUT
     out.mkdir(parents=True, exist_ok=True)
-    model = base.ensure_model(out)
-    base.ensure_images(out, args.images)
+    model = harness.ensure_model(out)
+    harness.ensure_images(out, args.images)
     directory = out / f"images-{args.images}"
-    mmcli = str(Path(sys.executable).parent / "mmcli")
+    mmcli = harness.mmcli_script()
     cache, summary = out / "cache-bench", out / "cache-summary.json"
     rounds = []
     for r in range(args.rounds):
-        base.wait_for_quiet(30)
+        harness.wait_for_quiet(30)
         shutil.rmtree(cache, ignore_errors=True)
         first = run(mmcli, directory, model, FIRST, cache, summary)
         second = run(mmcli, directory, model, SECOND, cache, summary)
         rounds.append((first, second))
-        base.log(
+        harness.log(
             f"round {r + 1}: first {first['wall_s']:.2f} s (work {first['work_s']:.2f} s, {first['misses']} misses), "
             f"second {second['wall_s']:.2f} s (work {second['work_s']:.3f} s, {second['hits']} hits)"
         )
-    med = statistics.median
-    first_wall, second_wall = med(f["wall_s"] for f, _ in rounds), med(s["wall_s"] for _, s in rounds)
-    first_work, second_work = med(f["work_s"] for f, _ in rounds), med(s["work_s"] for _, s in rounds)
-    load = med(s["load_s"] for _, s in rounds)
-    fig = {
+    fig = figures(args, [f for f, _ in rounds], [s for _, s in rounds])
+    harness.save_json(out / "cache.json", fig)
+    show(fig)
+    return 0
+
+
+def figures(
+    args: argparse.Namespace, firsts: list[dict[str, Any]], seconds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    keys = ("wall_s", "work_s")
+    first, second = harness.medians(firsts, keys), harness.medians(seconds, keys)
+    return {
         "images": args.images,
         "rounds": args.rounds,
-        "first_wall_s": first_wall,
-        "second_wall_s": second_wall,
-        "ratio_end_to_end": first_wall / second_wall,
-        "first_work_s": first_work,
-        "second_work_s": second_work,
-        "ratio_work": first_work / second_work,
-        "second_start_and_load_s": load,
-        "second_hits": rounds[-1][1]["hits"],
+        "first_wall_s": first["wall_s"],
+        "second_wall_s": second["wall_s"],
+        "ratio_end_to_end": first["wall_s"] / second["wall_s"],
+        "first_work_s": first["work_s"],
+        "second_work_s": second["work_s"],
+        "ratio_work": first["work_s"] / second["work_s"],
+        "second_start_and_load_s": harness.median_of(seconds, "load_s"),
+        "second_hits": seconds[-1]["hits"],
     }
-    (out / "cache.json").write_text(json.dumps(fig, indent=2))
-    verdict = lambda v: "MET" if v >= TARGET else "MISSED"  # noqa: E731
+
+
+def show(fig: dict[str, Any]) -> None:
+    images = fig["images"]
     print(
-        f"bench/cache.py: {args.images} images, random-weight ViT-B/32, fp32 CPU, medians of {args.rounds} rounds"
+        f"bench/cache.py: {images} images, random-weight ViT-B/32, fp32 CPU, medians of {fig['rounds']} rounds"
     )
+    for title, key in (("first run (empty cache):  ", "first"), ("second run (new labels):  ", "second")):
+        print(
+            f"  {title} {fig[key + '_wall_s']:7.2f} s end to end, {fig[key + '_work_s']:7.3f} s after the model loaded"
+        )
     print(
-        f"  first run (empty cache):   {first_wall:7.2f} s end to end, {first_work:7.3f} s after the model loaded"
+        f"    of which start-up + model load {fig['second_start_and_load_s']:.2f} s; {fig['second_hits']} of {images} from the cache"
     )
-    print(
-        f"  second run (new labels):   {second_wall:7.2f} s end to end, {second_work:7.3f} s after the model loaded"
-    )
-    print(
-        f"    of which start-up + model load {load:.2f} s; {fig['second_hits']} of {args.images} from the cache"
-    )
-    print(
-        f"  speed-up end to end: {fig['ratio_end_to_end']:6.1f}x  (target {TARGET:.0f}x: {verdict(fig['ratio_end_to_end'])})"
-    )
-    print(
-        f"  speed-up of the work: {fig['ratio_work']:6.1f}x  (target {TARGET:.0f}x: {verdict(fig['ratio_work'])})"
-    )
-    return 0
+    for title, key in (("speed-up end to end:", "ratio_end_to_end"), ("speed-up of the work:", "ratio_work")):
+        print(f"  {title} {fig[key]:6.1f}x  (target {TARGET:.0f}x: {harness.verdict(fig[key], TARGET)})")
 
 
 if __name__ == "__main__":

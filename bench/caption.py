@@ -21,13 +21,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-MMCLI = [sys.executable, "-m", "mmcli"]
+import harness  # bench/harness.py: the builds, the timing
+from harness import MMCLI, OUT
+
 TARGET = 3.0
 
 PIPELINE_RUNNER = r"""
@@ -64,12 +63,13 @@ def build_models(quick: bool) -> dict[str, Path]:
     if quick:
         size = {"hidden": 64, "image_size": 56, "patch": 14, "layers": 2, "heads": 4}
     tag = "quick" if quick else "512"
-    models = {"llava": OUT / f"caption-llava-{tag}", "blip2": OUT / f"caption-blip2-{tag}"}
-    if not (models["llava"] / "config.json").exists():
-        build_llava(models["llava"], **size)
-    if not (models["blip2"] / "config.json").exists():
-        build_blip2(models["blip2"], language="opt", query_tokens=32, **size)
-    return models
+    return {
+        "llava": harness.ensure_built(OUT / f"caption-llava-{tag}", lambda path: build_llava(path, **size)),
+        "blip2": harness.ensure_built(
+            OUT / f"caption-blip2-{tag}",
+            lambda path: build_blip2(path, language="opt", query_tokens=32, **size),
+        ),
+    }
 
 
 def make_images(count: int) -> list[str]:
@@ -112,18 +112,11 @@ def run_mmcli(model: Path, paths: list[str], args: argparse.Namespace) -> dict[s
         "jsonl",
         "--quiet",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("".join(p + "\n" for p in paths).encode())
-    proc.stdin.close()
-    arrivals, captions = [], []
-    for line in proc.stdout:
-        arrivals.append(time.perf_counter() - start)
-        captions.append(json.loads(line)["caption"])
-    _, status, usage = os.wait4(proc.pid, 0)
-    total = time.perf_counter() - start
+    env = harness.offline_env(OMP_NUM_THREADS=str(args.threads))
+    stdin = "".join(p + "\n" for p in paths).encode()
+    run = harness.run_timed(cmd, env, stamp_lines=True, stdin=stdin, capture_stderr=False)
+    arrivals = run["stamps"]
+    captions = [json.loads(line)["caption"] for line in run["lines"]]
     first_batch = arrivals[args.batch_size - 1] if len(arrivals) >= args.batch_size else arrivals[-1]
     steady = (
         (len(arrivals) - args.batch_size) / (arrivals[-1] - first_batch)
@@ -131,12 +124,12 @@ def run_mmcli(model: Path, paths: list[str], args: argparse.Namespace) -> dict[s
         else float("nan")
     )
     return {
-        "status": os.waitstatus_to_exitcode(status),
-        "seconds_total": total,
+        "status": run["rc"],
+        "seconds_total": run["wall_s"],
         "first_record_s": arrivals[0],
-        "images_per_s_end_to_end": len(arrivals) / total,
+        "images_per_s_end_to_end": len(arrivals) / run["wall_s"],
         "images_per_s_steady": steady,
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": run["max_rss_mb"],
         "captions": captions,
     }
 
@@ -154,12 +147,11 @@ def run_pipeline(
         "dtype": args.dtype,
         "threads": args.threads,
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", PIPELINE_RUNNER, json.dumps(spec)],
         capture_output=True,
         text=True,
-        env=env,
+        env=harness.offline_env(),
         check=True,
     )
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -167,7 +159,7 @@ def run_pipeline(
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -181,12 +173,40 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images = min(args.images, 16)
+    return args
+
+
+def compare(family: str, model: Path, paths: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """mmcli against the pipeline on one model: prints the table's row, returns the figures."""
+    from mmcli.modeling import registry
+
+    settings = registry.family_entry(family)
+    caption_prompt = settings.get("caption_prompt", "")
+    chat = bool(settings.get("chat"))
+    mine = run_mmcli(model, paths, args)
+    theirs = run_pipeline(model, paths, caption_prompt, chat, args)
+    ratio = mine["images_per_s_steady"] / theirs["images_per_s"]
+    same = sum(a == b for a, b in zip(mine["captions"], theirs["captions"], strict=False))
+    print(
+        f"{family:8} {mine['images_per_s_steady']:11.2f}/s {mine['images_per_s_end_to_end']:10.2f}/s "
+        f"{theirs['images_per_s']:10.2f}/s {ratio:6.2f}x {TARGET:5.1f}x {mine['peak_rss_mb']:8.0f} MB "
+        f"{theirs['peak_rss_mb']:7.0f} MB {same:4d}/{len(paths)}  {harness.verdict(ratio, TARGET)}"
+    )
+    return {
+        "mmcli": {k: v for k, v in mine.items() if k != "captions"},
+        "pipeline": {k: v for k, v in theirs.items() if k != "captions"},
+        "ratio_steady": ratio,
+        "identical_captions": same,
+        "target": TARGET,
+    }
+
+
+def main() -> None:
+    args = parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     models = build_models(args.quick)
     paths = make_images(args.images)
-    from mmcli.modeling import registry
-
     print(
         f"mmcli caption vs transformers pipeline('image-text-to-text'), {len(paths)} images 640x480, "
         f"{args.tokens} new tokens, greedy, {args.device} {args.dtype}, {args.threads} threads"
@@ -197,27 +217,8 @@ def main() -> None:
     )
     report: dict[str, Any] = {"config": vars(args), "models": {}}
     for family, model in models.items():
-        settings = registry.family_entry(family)
-        caption_prompt = settings.get("caption_prompt", "")
-        chat = bool(settings.get("chat"))
-        mine = run_mmcli(model, paths, args)
-        theirs = run_pipeline(model, paths, caption_prompt, chat, args)
-        ratio = mine["images_per_s_steady"] / theirs["images_per_s"]
-        same = sum(a == b for a, b in zip(mine["captions"], theirs["captions"], strict=False))
-        verdict = "MET" if ratio >= TARGET else "MISSED"
-        print(
-            f"{family:8} {mine['images_per_s_steady']:11.2f}/s {mine['images_per_s_end_to_end']:10.2f}/s "
-            f"{theirs['images_per_s']:10.2f}/s {ratio:6.2f}x {TARGET:5.1f}x {mine['peak_rss_mb']:8.0f} MB "
-            f"{theirs['peak_rss_mb']:7.0f} MB {same:4d}/{len(paths)}  {verdict}"
-        )
-        report["models"][family] = {
-            "mmcli": {k: v for k, v in mine.items() if k != "captions"},
-            "pipeline": {k: v for k, v in theirs.items() if k != "captions"},
-            "ratio_steady": ratio,
-            "identical_captions": same,
-            "target": TARGET,
-        }
-    (OUT / "caption.json").write_text(json.dumps(report, indent=2))
+        report["models"][family] = compare(family, model, paths, args)
+    harness.save_json(OUT / "caption.json", report)
     print(f"(steady rate: records after the first batch; figures also in {OUT / 'caption.json'})")
 
 

@@ -13,15 +13,11 @@ Prints figures, never asserts; medians over --rounds interleaved rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import classify as base  # bench/classify.py: the model and images are shared
+import harness  # bench/harness.py: the model, the images, the timing
 
 TARGET_EFFICIENCY = 0.8
 TARGET_AT = 8
@@ -62,19 +58,19 @@ def main() -> int:
     parser.add_argument("--workers", default=",".join(map(str, default_workers())))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
-    base.OUT.mkdir(parents=True, exist_ok=True)
-    model = base.ensure_model(base.OUT)
-    files = base.ensure_images(base.OUT, args.images)
+    harness.OUT.mkdir(parents=True, exist_ok=True)
+    model = harness.ensure_model(harness.OUT)
+    files = harness.ensure_images(harness.OUT, args.images)
     import torch
 
     torch.set_num_threads(1)  # no model runs; the processors are numpy and Pillow
     rates: dict[int, list[float]] = {n: [] for n in counts}
     for r in range(args.rounds):
         for n in counts:
-            base.wait_for_quiet(20)
+            harness.wait_for_quiet(20)
             rates[n].append(feed_rate(model, files, n))
-            base.log(f"round {r + 1}, {n} workers: {rates[n][-1]:.1f} images/s")
-    med = {n: statistics.median(v) for n, v in rates.items()}
+            harness.log(f"round {r + 1}, {n} workers: {rates[n][-1]:.1f} images/s")
+    med = {n: harness.median(v) for n, v in rates.items()}
     one = med[counts[0]] / counts[0]
     print(
         f"bench/feed.py: {len(files)} JPEGs 640x480, ViT-B/32 processor, decode + preprocess, no model; "
@@ -87,13 +83,13 @@ def main() -> int:
         )
     if TARGET_AT in med:
         eff = med[TARGET_AT] / (one * TARGET_AT)
-        verdict = "MET" if eff >= TARGET_EFFICIENCY else "MISSED"
+        verdict = harness.verdict(eff, TARGET_EFFICIENCY)
         print(
             f"  scaling at {TARGET_AT} workers: {eff:.2f} x linear (target >= {TARGET_EFFICIENCY}: {verdict})"
         )
     else:
         print(f"  scaling at {TARGET_AT} workers: not measured ({os.cpu_count()} CPUs here)")
-    (base.OUT / "feed.json").write_text(json.dumps({str(n): v for n, v in rates.items()}, indent=2))
+    harness.save_json(harness.OUT / "feed.json", {str(n): v for n, v in rates.items()})
     return 0
 
 

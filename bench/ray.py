@@ -14,18 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT / "bench"))
-
-from classify import LABELS, ensure_images, log, prompt_words  # noqa: E402
+import harness  # bench/harness.py: the images, the labels, the timing
+from harness import LABELS, OUT, log
 
 MODEL = {"hidden": 512, "layers": 8, "heads": 8, "image_size": 224, "patch": 32, "projection": 256}
 
@@ -33,30 +27,25 @@ MODEL = {"hidden": 512, "layers": 8, "heads": 8, "image_size": 224, "patch": 32,
 def ensure_model(out: Path) -> Path:
     from mmcli.testing.contrastive import build_clip
 
-    directory = out / "clip-s32"
-    stamp = directory / "bench-stamp.json"
-    wanted = {"builder": "mmcli.testing.contrastive.build_clip", **MODEL, "words": prompt_words()}
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
-        return directory
-    shutil.rmtree(directory, ignore_errors=True)
-    log("building the random-weight CLIP (offline) ...")
-    build_clip(directory, seed=0, words=prompt_words(), **MODEL)
-    stamp.write_text(json.dumps(wanted))
-    return directory
+    words = harness.prompt_words()
+    return harness.ensure_built(
+        out / "clip-s32",
+        lambda path: build_clip(path, seed=0, words=words, **MODEL),
+        {"builder": "mmcli.testing.contrastive.build_clip", **MODEL, "words": words},
+        "the random-weight CLIP (offline)",
+    )
 
 
 def run(engine: str, images: Path, model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
     output = out / f"{engine}.jsonl"
     summary = out / f"{engine}.summary.json"
     output.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "mmcli", "classify", str(images), "--model", str(model)]
+    cmd = [*harness.MMCLI, "classify", str(images), "--model", str(model)]
     cmd += ["--labels", ",".join(LABELS), "--output", str(output), "--overwrite", "--no-cache"]
     cmd += ["--summary-json", str(summary), "--engine", engine, *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     log(" ".join(cmd[2:]))
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
+    env = harness.offline_env()
+    wall, proc = harness.timed(lambda: subprocess.run(cmd, capture_output=True, text=True, env=env))
     if proc.returncode != 0:
         raise SystemExit(f"{engine} failed ({proc.returncode}):\n{proc.stderr}")
     figures = json.loads(summary.read_text())
@@ -74,7 +63,7 @@ def main() -> None:
     out = OUT / "ray"
     out.mkdir(parents=True, exist_ok=True)
     model = ensure_model(OUT)
-    paths = ensure_images(OUT, args.images)
+    paths = harness.ensure_images(OUT, args.images)
     images = paths[0].parent
     local = run("local", images, model, out, [])
     ray = run("ray", images, model, out, ["--actors", str(args.actors)])
@@ -86,7 +75,7 @@ def main() -> None:
         "ray": ray,
         "overhead_ratio": round(local["images_per_s"] / ray["images_per_s"], 3),
     }
-    (OUT / "ray.json").write_text(json.dumps(result, indent=2) + "\n")
+    harness.save_json(OUT / "ray.json", result)
     print(f"{args.images} images 640x480, {len(LABELS)} labels, CLIP {MODEL}, {os.cpu_count()} CPUs")
     for name, fig in (("local", local), ("ray", ray)):
         print(

@@ -29,9 +29,7 @@ import os
 import re
 import resource
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,9 +38,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-sys.path.insert(0, str(ROOT / "src"))
+import harness  # bench/harness.py: the timing, the medians
+from harness import MMCLI, OUT, ROOT
+
+harness.src_first()
 
 from mmcli.sinks.report import ReportWriter, thumbnail_jpeg  # noqa: E402
 from mmcli.testing import shapes  # noqa: E402
@@ -71,7 +70,7 @@ def images(n: int, distinct: int) -> Path:
 def command(folder: Path) -> list[str]:
     labels = ROOT / "samples" / "shapes-labels.txt"
     model = ["--model", "shapes-clip", "--labels-file", str(labels)]
-    return [sys.executable, "-m", "mmcli", "classify", str(folder), *model, "-f", "jsonl", "--no-cache", "-q"]
+    return [*MMCLI, "classify", str(folder), *model, "-f", "jsonl", "--no-cache", "-q"]
 
 
 def cpu() -> float:
@@ -102,19 +101,18 @@ def run_with_report(folder: Path, page: Path, threads: int) -> dict[str, float]:
 
 
 def report_alone(records: list[dict[str, Any]], page: Path, threads: int) -> float:
-    start = time.perf_counter()
-    with ReportWriter(str(page), "classify", threads=threads, overwrite=True) as report:
-        for record in records:
-            report.add(record)
-    return time.perf_counter() - start
+    def write() -> None:
+        with ReportWriter(str(page), "classify", threads=threads, overwrite=True) as report:
+            for record in records:
+                report.add(record)
+
+    return float(harness.timed(write)[0])
 
 
 def from_pixels(folder: Path, count: int = 200) -> float:
     decoded = [Image.open(path).convert("RGB") for path in sorted(folder.iterdir())[:count]]
-    start = time.perf_counter()
-    for image in decoded:
-        thumbnail_jpeg(image)
-    return 1000 * (time.perf_counter() - start) / len(decoded)
+    seconds, _ = harness.timed(lambda: [thumbnail_jpeg(image) for image in decoded])
+    return 1000 * seconds / len(decoded)
 
 
 def chromium(page: Path, fragment: str) -> dict[str, float]:
@@ -150,21 +148,7 @@ def main() -> None:
         plain, records = plain_run(folder)
         plains.append(plain)
         reported.append(run_with_report(folder, page, args.threads))
-    plain = {k: statistics.median(p[k] for p in plains) for k in plains[0]}
-    timed = {k: statistics.median(r[k] for r in reported) for k in reported[0]}
-    plain_s, cost, extra = plain["wall_s"], timed["wall_s"] - plain["wall_s"], timed["cpu_s"] - plain["cpu_s"]
-    print(
-        f"(a) classify alone: {args.n} images in {plain_s:.1f} s ({args.n / plain_s:.0f} images/s), "
-        f"{plain['cpu_s']:.1f} CPU s"
-    )
-    print(
-        f"(b) with --report: {timed['wall_s']:.1f} s ({cost:+.1f} s, {100 * cost / plain_s:+.0f} %), "
-        f"{timed['cpu_s']:.1f} CPU s ({extra:+.1f}, {100 * extra / plain['cpu_s']:+.0f} %, "
-        f"{1000 * extra / args.n:.1f} ms/image); close() waited {timed['tail_s']:.1f} s after the run"
-    )
-    print(
-        f"    os.getloadavg() now: {os.getloadavg()[0]:.1f} (the machine is shared: wall times move with it)"
-    )
+    show_cost(args, harness.medians(plains), harness.medians(reported))
     alone = report_alone(records, OUT / "report" / "alone.html", args.threads)
     ready = from_pixels(folder)
     print(
@@ -186,7 +170,24 @@ def main() -> None:
                 f"{seen['render_ms']:.0f} ms, "
                 f"headless --dump-dom {seen['wall_s']:.1f} s, {seen['cards']} cards"
             )
-    (OUT / "report.json").write_text(json.dumps(figures, indent=2) + "\n")
+    harness.save_json(OUT / "report.json", figures)
+
+
+def show_cost(args: argparse.Namespace, plain: dict[str, float], timed: dict[str, float]) -> None:
+    """(a) and (b): the run alone and with the report, medians."""
+    plain_s, cost, extra = plain["wall_s"], timed["wall_s"] - plain["wall_s"], timed["cpu_s"] - plain["cpu_s"]
+    print(
+        f"(a) classify alone: {args.n} images in {plain_s:.1f} s ({args.n / plain_s:.0f} images/s), "
+        f"{plain['cpu_s']:.1f} CPU s"
+    )
+    print(
+        f"(b) with --report: {timed['wall_s']:.1f} s ({cost:+.1f} s, {100 * cost / plain_s:+.0f} %), "
+        f"{timed['cpu_s']:.1f} CPU s ({extra:+.1f}, {100 * extra / plain['cpu_s']:+.0f} %, "
+        f"{1000 * extra / args.n:.1f} ms/image); close() waited {timed['tail_s']:.1f} s after the run"
+    )
+    print(
+        f"    os.getloadavg() now: {os.getloadavg()[0]:.1f} (the machine is shared: wall times move with it)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,47 +19,44 @@ Prints figures, never asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness  # bench/harness.py: the timing, the medians, the verdicts
+from harness import MMCLI, ROOT
+
 IMAGE = ROOT / "samples" / "shapes-red-circle.png"
 LABELS = ROOT / "samples" / "shapes-labels.txt"
 CLIENTS, PER_CLIENT = 8, 32
 TARGET_S, TARGET_RATIO, TARGET_SHARE = 0.15, 20.0, 0.70
+MET = ("met", "MISSED")
 
 
 def mmcli(*args: str, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mmcli", *args], env=env, capture_output=True)
-    wall = time.perf_counter() - start
+    wall, proc = harness.timed(lambda: subprocess.run([*MMCLI, *args], env=env, capture_output=True))
     if proc.returncode != 0:
         raise SystemExit(f"mmcli {' '.join(args)} failed: {proc.stderr.decode()}")
-    return wall
+    return float(wall)
+
+
+def classify(target: Path, *extra: str, env: dict[str, str]) -> float:
+    """``mmcli classify TARGET`` with shapes-clip, its labels and no embedding cache; the wall time."""
+    return mmcli(
+        "classify", str(target), "--model", "shapes-clip", "--labels-file", str(LABELS), "--no-cache", "-q",
+        *extra, env=env,
+    )  # fmt: skip
 
 
 def one_image(env: dict[str, str], *extra: str) -> float:
-    return mmcli(
-        "classify",
-        str(IMAGE),
-        "--model",
-        "shapes-clip",
-        "--labels-file",
-        str(LABELS),
-        "--no-cache",
-        "-q",
-        "-f",
-        "jsonl",
-        *extra,
-        env=env,
-    )
+    return classify(IMAGE, "-f", "jsonl", *extra, env=env)
 
 
 def make_images(folder: Path, n: int) -> list[Path]:
@@ -121,25 +118,10 @@ def concurrent_clients(sock: Path, files: list[Path], env: dict[str, str]) -> fl
 
 
 def local_batched(folder: Path, summary: Path, env: dict[str, str]) -> float:
-    mmcli(
-        "classify",
-        str(folder),
-        "--model",
-        "shapes-clip",
-        "--labels-file",
-        str(LABELS),
-        "--no-cache",
-        "-q",
-        "-o",
-        str(summary.with_suffix(".jsonl")),
-        "--overwrite",
-        "--batch-size",
-        "16",
-        "--no-server",
-        "--summary-json",
-        str(summary),
-        env=env,
-    )
+    classify(
+        folder, "-o", str(summary.with_suffix(".jsonl")), "--overwrite", "--batch-size", "16", "--no-server",
+        "--summary-json", str(summary), env=env,
+    )  # fmt: skip
     return float(json.loads(summary.read_text())["items_per_s"])
 
 
@@ -162,6 +144,89 @@ def tree_peak_mb(pid: int) -> float:
     return total / 1024
 
 
+@contextlib.contextmanager
+def server(work: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``mmcli serve --keep-alive 2s``, logging to WORK/server.log, once it listens; stopped on exit."""
+    log = open(work / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*MMCLI, "serve", "--keep-alive", "2s"], env=env, stderr=log, stdout=subprocess.DEVNULL
+    )
+    try:
+        while b"listening on" not in (work / "server.log").read_bytes():
+            if proc.poll() is not None:
+                raise SystemExit((work / "server.log").read_text())
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def latency(args: argparse.Namespace, env: dict[str, str]) -> None:
+    """1. One-image classify through the CLI, warm server against --no-server, interleaved."""
+    one_image(env)  # loads the model in the server
+    served, local = [], []
+    for i in range(max(args.rounds, args.local_rounds)):  # interleaved: the machine's noise hits both
+        if i < args.rounds:
+            served.append(one_image(env))
+        if i < args.local_rounds:
+            local.append(one_image(env, "--no-server"))
+    s, l_ = harness.median(served), harness.median(local)
+    print(
+        f"one-image classify via the CLI: warm server {s:.3f} s (median of {len(served)}), "
+        f"--no-server {l_:.3f} s (median of {len(local)}): {l_ / s:.1f}x faster"
+    )
+    print(
+        f"  target <= {TARGET_S} s: {harness.verdict(s, TARGET_S, at_least=False, words=MET)}; "
+        f"target >= {TARGET_RATIO:.0f}x: {harness.verdict(l_ / s, TARGET_RATIO, words=MET)}"
+    )
+
+
+def throughput(
+    args: argparse.Namespace, remote: Any, files: list[Path], work: Path, env: dict[str, str]
+) -> None:
+    """2. Concurrent clients through the server against one local batched run over the same images."""
+    folder = files[0].parent
+    shares = []
+    for _ in range(args.throughput_rounds):
+        before = remote.status()["forward_passes"]
+        clients = concurrent_clients(Path(env["MMCLI_SOCKET"]), files, env)
+        passes = remote.status()["forward_passes"] - before
+        batched = local_batched(folder, work / "summary.json", env)
+        shares.append(clients / batched)
+        print(
+            f"  {CLIENTS} clients x {PER_CLIENT} one-image requests: {clients:.1f} images/s in {passes} "
+            f"forward passes; local batched run: {batched:.1f} images/s; {clients / batched:.0%}"
+        )
+    share = harness.median(shares)
+    print(
+        f"8 concurrent clients vs one batched run: {share:.0%} of its images/s (median of {len(shares)}); "
+        f"target >= {TARGET_SHARE:.0%}: {harness.verdict(share, TARGET_SHARE, words=MET)}"
+    )
+
+
+def idle_unload(remote: Any, work: Path) -> None:
+    """3. One more request, then the seconds until the server reports no model loaded."""
+    from mmcli.commands.classify import ContrastiveClassify
+    from mmcli.run.remote.work import ImageInput, Limits, ModelKey
+
+    task = ContrastiveClassify(["red", "blue"], None, None, None, False, 0.5)
+    remote.run(
+        ModelKey("shapes-clip"), task, [ImageInput("last", IMAGE.read_bytes())], Limits(use_cache=False)
+    )
+    last = time.monotonic()  # the last request's answer
+    while remote.status()["models"]:
+        time.sleep(0.1)
+        if time.monotonic() - last > 30:
+            print("idle unload: NOT observed within 30 s")
+            break
+    else:
+        print(
+            f"idle unload (--keep-alive 2s): no model loaded {time.monotonic() - last:.1f} s after the "
+            f"last request; log: {(work / 'server.log').read_text().splitlines()[-1].strip()}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7, help="one-image calls through the server")
@@ -176,85 +241,16 @@ def main() -> int:
     run_dir = work / "run"
     run_dir.mkdir(mode=0o700)
     sock = run_dir / "mmcli.sock"
-    env = {
-        **os.environ,
-        "MMCLI_SOCKET": str(sock),
-        "HF_HUB_OFFLINE": "1",
-        "MMCLI_CACHE_DIR": str(work / "cache"),
-    }
-    folder = work / "images"
-    folder.mkdir()
-    files = make_images(folder, CLIENTS * PER_CLIENT)
-    log = open(work / "server.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mmcli", "serve", "--keep-alive", "2s"],
-        env=env,
-        stderr=log,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        while b"listening on" not in (work / "server.log").read_bytes():
-            if server.poll() is not None:
-                raise SystemExit((work / "server.log").read_text())
-            time.sleep(0.05)
-        one_image(env)  # loads the model in the server
-        served, local = [], []
-        for i in range(max(args.rounds, args.local_rounds)):  # interleaved: the machine's noise hits both
-            if i < args.rounds:
-                served.append(one_image(env))
-            if i < args.local_rounds:
-                local.append(one_image(env, "--no-server"))
-        s, l_ = statistics.median(served), statistics.median(local)
-        print(
-            f"one-image classify via the CLI: warm server {s:.3f} s (median of {len(served)}), "
-            f"--no-server {l_:.3f} s (median of {len(local)}): {l_ / s:.1f}x faster"
-        )
-        print(
-            f"  target <= {TARGET_S} s: {'met' if s <= TARGET_S else 'MISSED'}; "
-            f"target >= {TARGET_RATIO:.0f}x: {'met' if l_ / s >= TARGET_RATIO else 'MISSED'}"
-        )
-
+    env = harness.offline_env(MMCLI_SOCKET=str(sock), MMCLI_CACHE_DIR=str(work / "cache"))
+    (work / "images").mkdir()
+    files = make_images(work / "images", CLIENTS * PER_CLIENT)
+    with server(work, env) as proc:
+        latency(args, env)
         remote = Remote.open(sock)
-        shares = []
-        for _ in range(args.throughput_rounds):
-            before = remote.status()["forward_passes"]
-            clients = concurrent_clients(sock, files, env)
-            passes = remote.status()["forward_passes"] - before
-            batched = local_batched(folder, work / "summary.json", env)
-            shares.append(clients / batched)
-            print(
-                f"  {CLIENTS} clients x {PER_CLIENT} one-image requests: {clients:.1f} images/s in {passes} "
-                f"forward passes; local batched run: {batched:.1f} images/s; {clients / batched:.0%}"
-            )
-        share = statistics.median(shares)
-        print(
-            f"8 concurrent clients vs one batched run: {share:.0%} of its images/s (median of {len(shares)}); "
-            f"target >= {TARGET_SHARE:.0%}: {'met' if share >= TARGET_SHARE else 'MISSED'}"
-        )
-
-        print(f"peak server memory (server + decoder processes, VmHWM): {tree_peak_mb(server.pid):.0f} MB")
-        from mmcli.commands.classify import ContrastiveClassify
-        from mmcli.run.remote.work import ImageInput, Limits, ModelKey
-
-        task = ContrastiveClassify(["red", "blue"], None, None, None, False, 0.5)
-        remote.run(
-            ModelKey("shapes-clip"), task, [ImageInput("last", IMAGE.read_bytes())], Limits(use_cache=False)
-        )
-        last = time.monotonic()  # the last request's answer
-        while remote.status()["models"]:
-            time.sleep(0.1)
-            if time.monotonic() - last > 30:
-                print("idle unload: NOT observed within 30 s")
-                break
-        else:
-            print(
-                f"idle unload (--keep-alive 2s): no model loaded {time.monotonic() - last:.1f} s after the "
-                f"last request; log: {(work / 'server.log').read_text().splitlines()[-1].strip()}"
-            )
+        throughput(args, remote, files, work, env)
+        print(f"peak server memory (server + decoder processes, VmHWM): {tree_peak_mb(proc.pid):.0f} MB")
+        idle_unload(remote, work)
         remote.close()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
     return 0
 
 

@@ -22,9 +22,7 @@ bench/out/shapes_accuracy.json (or --json PATH).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,12 +31,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+import harness  # bench/harness.py: the options, the timing, the tables
+from harness import OUT, ROOT, row
+
+harness.src_first()
 
 from mmcli.testing import shapes  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
 SEED0 = 3_000_000_000
 COLOUR_Q = "What color is the shape?"
 SHAPE_Q = "What shape is it?"
@@ -52,6 +51,8 @@ TARGETS = {
     "vqa shape shapes-llava": 0.92,
     "gen-classify shapes-llava": 0.85,
 }
+Truth = dict[str, tuple[shapes.Scene, str]]  # file name -> (scene, format)
+Correct = Callable[[dict[str, Any], shapes.Scene], bool]  # whether a record is right about a scene
 
 
 def size_bucket(s: shapes.Scene) -> str:
@@ -76,11 +77,9 @@ BREAKDOWNS: dict[str, Callable[[shapes.Scene, str], str]] = {
 }
 
 
-def render(n: int, directory: Path) -> dict[str, tuple[shapes.Scene, str]]:
+def render(n: int, directory: Path) -> Truth:
     """``n`` held-out images; returns file name -> (scene, format)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.iterdir():
-        old.unlink()
+    harness.fresh_dir(directory)
     truth = {}
     for i in range(n):
         scene = shapes.scene(SEED0 + i)
@@ -100,20 +99,16 @@ def mmcli(*args: str) -> tuple[list[dict[str, Any]], float]:
     """Run ``mmcli ARGS -f jsonl -q``; its records and wall time."""
     exe = ROOT / ".venv" / "bin" / "mmcli"
     command = [str(exe) if exe.exists() else "mmcli", *args, "-f", "jsonl", "-q"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    t0 = time.time()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    took = time.time() - t0
+    env = harness.offline_env()
+    took, proc = harness.timed(
+        lambda: subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    )
     if proc.returncode not in (0, 3):
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()], took
 
 
-def score(
-    records: list[dict[str, Any]],
-    truth: dict[str, tuple[shapes.Scene, str]],
-    correct: Callable[[dict[str, Any], shapes.Scene], bool],
-) -> dict[str, Any]:
+def score(records: list[dict[str, Any]], truth: Truth, correct: Correct) -> dict[str, Any]:
     """Overall and per-breakdown accuracy; a missing or failed record counts as wrong."""
     by_name = {Path(r["input"]).name: r for r in records}
     hits: dict[str, dict[str, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in BREAKDOWNS}
@@ -155,13 +150,10 @@ def words(text: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=600, help="held-out images (default 600)")
-    parser.add_argument("--quick", action="store_true", help="120 images")
-    parser.add_argument("--json", type=Path, default=OUT / "shapes_accuracy.json")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-    n = 120 if args.quick else args.n
+    args = harness.held_out_args(
+        __doc__, 600, 120, "held-out images (default 600)", "120 images", "shapes_accuracy.json"
+    )
+    n = args.n
     directory = OUT / "shapes"
     t0 = time.time()
     truth = render(n, directory)
@@ -169,73 +161,70 @@ def main() -> None:
         f"{n} held-out images (seeds {SEED0}..{SEED0 + n - 1}) rendered in {time.time() - t0:.1f} s",
         file=sys.stderr,
     )
-    labels_file = OUT / "shapes-labels.txt"
-    labels_file.write_text("\n".join(shapes.labels()) + "\n")
+    labels_file = harness.shapes_labels_file(OUT)
     common = [str(directory), "-b", str(args.batch_size)]
+    results = checks(truth, common, ["--labels-file", str(labels_file)], args.quick)
+    report(results)
+    harness.save_json(args.json, {"n": n, "seed0": SEED0, "targets": TARGETS, "results": results})
+    print(f"\nwritten to {args.json} ({time.time() - t0:.0f} s in all)")
+
+
+def checks(truth: Truth, common: list[str], labels: list[str], quick: bool) -> dict[str, Any]:
+    """Every check's score, in the order of the table."""
     results: dict[str, Any] = {}
 
-    def run(name: str, argv: list[str], correct: Callable[[dict[str, Any], shapes.Scene], bool]) -> None:
+    def run(name: str, argv: list[str], correct: Correct) -> None:
         records, took = mmcli(*argv)
         results[name] = score(records, truth, correct) | {"seconds": round(took, 1)}
         print(f"  {name}: {results[name]['accuracy']:.1%} ({took:.0f} s)", file=sys.stderr)
 
     label_ok = lambda r, s: r["label"] == s.label  # noqa: E731
-    run(
-        "classify shapes-clip",
-        ["classify", *common, "--model", "shapes-clip", "--labels-file", str(labels_file)],
-        label_ok,
-    )
+    run("classify shapes-clip", ["classify", *common, "--model", "shapes-clip", *labels], label_ok)
     for model in ("shapes-blip2", "shapes-llava"):
         run(
             f"caption {model}",
             ["caption", *common, "--model", model],
             lambda r, s: s.colour in words(r["caption"]) and s.shape in words(r["caption"]),
         )
-        records, took = mmcli("vqa", *common, "--model", model, "--question", COLOUR_Q, "--question", SHAPE_Q)
-        colour = [r for r in records if r.get("question") == COLOUR_Q or "error" in r]
-        shape = [r for r in records if r.get("question") == SHAPE_Q or "error" in r]
-        results[f"vqa colour {model}"] = score(
-            colour, truth, lambda r, s: r["answer"].strip().lower() == s.colour
-        )
-        results[f"vqa shape {model}"] = score(
-            shape, truth, lambda r, s: r["answer"].strip().lower() == s.shape
-        )
-        results[f"vqa colour {model}"]["seconds"] = results[f"vqa shape {model}"]["seconds"] = round(took, 1)
-        print(f"  vqa {model}: done ({took:.0f} s)", file=sys.stderr)
-    run(
-        "gen-classify shapes-llava",
-        ["classify", *common, "--model", "shapes-llava", "--labels-file", str(labels_file)],
-        label_ok,
-    )
-    if not args.quick:
-        run(
-            "gen-classify shapes-blip2",
-            ["classify", *common, "--model", "shapes-blip2", "--labels-file", str(labels_file)],
-            label_ok,
-        )
+        results |= vqa(truth, common, model)
+    run("gen-classify shapes-llava", ["classify", *common, "--model", "shapes-llava", *labels], label_ok)
+    if not quick:
+        run("gen-classify shapes-blip2", ["classify", *common, "--model", "shapes-blip2", *labels], label_ok)
+    return results
 
-    report(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"n": n, "seed0": SEED0, "targets": TARGETS, "results": results}
-    args.json.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwritten to {args.json} ({time.time() - t0:.0f} s in all)")
+
+def vqa(truth: Truth, common: list[str], model: str) -> dict[str, Any]:
+    """The colour and the shape questions, asked in one run: each one's score."""
+    records, took = mmcli("vqa", *common, "--model", model, "--question", COLOUR_Q, "--question", SHAPE_Q)
+    colour = [r for r in records if r.get("question") == COLOUR_Q or "error" in r]
+    shape = [r for r in records if r.get("question") == SHAPE_Q or "error" in r]
+    results = {
+        f"vqa colour {model}": score(colour, truth, lambda r, s: r["answer"].strip().lower() == s.colour),
+        f"vqa shape {model}": score(shape, truth, lambda r, s: r["answer"].strip().lower() == s.shape),
+    }
+    for result in results.values():
+        result["seconds"] = round(took, 1)
+    print(f"  vqa {model}: done ({took:.0f} s)", file=sys.stderr)
+    return results
 
 
 def report(results: dict[str, Any]) -> None:
-    print(f"\n{'check':<28} {'accuracy':>9} {'target':>7}  ")
+    print("\n" + row(("check", "accuracy", "target"), (28, 9, 7)) + "  ")
     for name, r in results.items():
         target = TARGETS.get(name)
-        mark = "" if target is None else ("ok" if r["accuracy"] >= target else "BELOW")
+        mark = "" if target is None else harness.verdict(r["accuracy"], target, words=("ok", "BELOW"))
         shown = f"{target:.0%}" if target is not None else "-"
-        print(f"{name:<28} {r['accuracy']:>9.1%} {shown:>7}  {mark}")
+        print(row((name, r["accuracy"], shown), (28, 9, 7), ("", ".1%")) + f"  {mark}")
     for key in BREAKDOWNS:
         buckets = sorted({b for r in results.values() for b in r["by"][key]})
+        widths = (28, *[15] * len(buckets))
         print(f"\nby {key}:")
-        print(f"{'':<28} " + " ".join(f"{b[:15]:>15}" for b in buckets))
+        print(row(("", *(b[:15] for b in buckets)), widths))
         first = next(iter(results.values()))
-        print(f"{'(images)':<28} " + " ".join(f"{first['counts'][key].get(b, 0):>15}" for b in buckets))
+        print(row(("(images)", *(first["counts"][key].get(b, 0) for b in buckets)), widths))
         for name, r in results.items():
-            print(f"{name:<28} " + " ".join(f"{r['by'][key].get(b, float('nan')):>15.1%}" for b in buckets))
+            cells = (r["by"][key].get(b, float("nan")) for b in buckets)
+            print(row((name, *cells), widths, ("", *[".1%"] * len(buckets))))
     print("\nsome errors:")
     for name, r in results.items():
         for line in r["wrong_examples"][:4]:

@@ -23,7 +23,6 @@ run without ``--view``. Prints, never asserts; also writes bench/out/views.json 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -34,14 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+import harness  # bench/harness.py: the options, the tables, the verdicts
+from harness import OUT, row
+
+harness.src_first()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from mmcli.testing import shapes  # noqa: E402
 
-OUT = ROOT / "bench" / "out"
 SEEDS = {"small": 3_300_000_000, "ordinary": 3_200_000_000}
 TEMPLATE = "a photo of a {}."
 CLASSIFY: list[tuple[str, list[str]]] = [
@@ -71,6 +71,9 @@ FILLS = {
 }
 EMBED: list[tuple[str, list[str]]] = [("--view model", []), ("--view tiles", ["--view", "tiles"])]
 SMALL_TARGET, ORDINARY_TARGET = 0.80, 0.97
+WIDTHS = (30, 7, 9, 12, 11)  # setting, small, ordinary, img/s small, img/s ord.
+Sets = dict[str, Path]  # "small" / "ordinary" -> its folder
+Truth = dict[str, dict[str, shapes.Scene]]  # "small" / "ordinary" -> file name -> scene
 
 
 def small_scene(seed: int) -> shapes.Scene:
@@ -81,9 +84,7 @@ def small_scene(seed: int) -> shapes.Scene:
 
 def render(kind: str, n: int, directory: Path) -> dict[str, shapes.Scene]:
     """``n`` held-out PNGs of one set; file name -> scene."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.iterdir():
-        old.unlink()
+    harness.fresh_dir(directory)
     truth = {}
     for i in range(n):
         seed = SEEDS[kind] + i
@@ -152,100 +153,120 @@ def embed_top1(records: list[dict[str, Any]], truth: dict[str, shapes.Scene]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=96, help="images per set (default 96)")
-    parser.add_argument("--quick", action="store_true", help="48 images per set")
-    parser.add_argument("--json", type=Path, default=OUT / "views.json")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args()
-    n = 48 if args.quick else args.n
+    args = harness.held_out_args(
+        __doc__, 96, 48, "images per set (default 96)", "48 images per set", "views.json"
+    )
+    n = args.n
     t0 = time.time()
     sets = {kind: (OUT / "views" / kind) for kind in SEEDS}
     truth = {kind: render(kind, n, directory) for kind, directory in sets.items()}
     print(f"rendered {n} small-shape and {n} ordinary images in {time.time() - t0:.1f} s", file=sys.stderr)
-    labels_file = OUT / "shapes-labels.txt"
-    labels_file.write_text("\n".join(shapes.labels()) + "\n")
+    labels = ["--labels-file", str(harness.shapes_labels_file(OUT))]
     model = ["--model", "shapes-clip", "-b", str(args.batch_size)]
-    results: dict[str, Any] = {"classify": {}, "search": {}, "embed": {}, "pad_fill": {}}
     mmcli("classify", str(sets["small"] / "00000.png"), *model, "--labels", "red circle")  # imports, warm-up
-    raw: dict[str, bytes] = {}
-    for name, extra in CLASSIFY:
-        row = {}
-        for kind, directory in sets.items():
-            records, rate, output = mmcli(
-                "classify", str(directory), *model, "--labels-file", str(labels_file), *extra
-            )
-            row[kind] = {"top1": top1(records, truth[kind]), "images_per_s": rate}
-            raw[f"{name} {kind}"] = output
-        results["classify"][name] = row
-        print(
-            f"  classify {name}: {row['small']['top1']:.1%} / {row['ordinary']['top1']:.1%}", file=sys.stderr
-        )
+    results: dict[str, Any] = {"classify": {}, "search": {}, "embed": {}, "pad_fill": {}}
+    results["classify"], raw = classify(sets, truth, [*model, *labels])
     prompts = {TEMPLATE.format(label): label for label in shapes.labels()}
     texts = [arg for prompt in prompts for arg in ("--text", prompt)]
-    for name, extra in SEARCH:
-        row = {}
+    results["search"] = search(sets, truth, [*model, *texts], prompts)
+    results["pad_fill"] = {
+        "border (default)": {k: v["top1"] for k, v in results["classify"]["--view pad"].items()}
+    } | pad_fills(sets, truth, [*model, *labels])
+    results["embed"] = embed(sets, truth, [*model, *texts])
+    same = all(raw[f"default (no --view) {k}"] == raw[f"--view model {k}"] for k in sets)
+    report(results, same, n)
+    harness.save_json(args.json, {"n": n, "seeds": SEEDS, "results": results, "default_same": same})
+    print(f"\nwritten to {args.json} ({time.time() - t0:.0f} s in all)")
+
+
+def classify(sets: Sets, truth: Truth, common: list[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Top-1 and images/s of each CLASSIFY setting on each set; and each run's raw output."""
+    results, raw = {}, {}
+    for name, extra in CLASSIFY:
+        cells = {}
         for kind, directory in sets.items():
-            records, rate, _ = mmcli("compare", str(directory), *model, *texts, *extra)
-            row[kind] = {"map": mean_ap(records, truth[kind], prompts), "images_per_s": rate}
-        results["search"][name] = row
+            records, rate, output = mmcli("classify", str(directory), *common, *extra)
+            cells[kind] = {"top1": top1(records, truth[kind]), "images_per_s": rate}
+            raw[f"{name} {kind}"] = output
+        results[name] = cells
         print(
-            f"  search {name}: mAP {row['small']['map']:.3f} / {row['ordinary']['map']:.3f}", file=sys.stderr
+            f"  classify {name}: {cells['small']['top1']:.1%} / {cells['ordinary']['top1']:.1%}",
+            file=sys.stderr,
         )
+    return results, raw
+
+
+def search(sets: Sets, truth: Truth, common: list[str], prompts: dict[str, str]) -> dict[str, Any]:
+    """Mean average precision and images/s of ``compare --text`` for each SEARCH setting on each set."""
+    results = {}
+    for name, extra in SEARCH:
+        cells = {}
+        for kind, directory in sets.items():
+            records, rate, _ = mmcli("compare", str(directory), *common, *extra)
+            cells[kind] = {"map": mean_ap(records, truth[kind], prompts), "images_per_s": rate}
+        results[name] = cells
+        print(
+            f"  search {name}: mAP {cells['small']['map']:.3f} / {cells['ordinary']['map']:.3f}",
+            file=sys.stderr,
+        )
+    return results
+
+
+def pad_fills(sets: Sets, truth: Truth, common: list[str]) -> dict[str, Any]:
+    """Top-1 of ``--view pad`` with each constant fill of FILLS in place of the border colour."""
     from mmcli.modeling import views
 
+    results = {}
     border = views.edge_colour
     for fill, colour in FILLS.items():
         views.edge_colour = lambda image, colour=colour: colour  # type: ignore[assignment]
-        row = {}
+        cells = {}
         for kind, directory in sets.items():
-            records, _, _ = mmcli(
-                "classify", str(directory), *model, "--labels-file", str(labels_file), "--view", "pad"
-            )
-            row[kind] = top1(records, truth[kind])
-        results["pad_fill"][fill] = row
+            records, _, _ = mmcli("classify", str(directory), *common, "--view", "pad")
+            cells[kind] = top1(records, truth[kind])
+        results[fill] = cells
     views.edge_colour = border
-    results["pad_fill"] = {
-        "border (default)": {k: v["top1"] for k, v in results["classify"]["--view pad"].items()}
-    } | results["pad_fill"]
+    return results
+
+
+def embed(sets: Sets, truth: Truth, common: list[str]) -> dict[str, Any]:
+    """Top-1 of the nearest label text and images/s of ``mmcli embed`` for each EMBED setting."""
+    results = {}
     for name, extra in EMBED:
-        row = {}
+        cells = {}
         for kind, directory in sets.items():
-            records, rate, _ = mmcli("embed", str(directory), *model, *texts, *extra)
-            row[kind] = {"top1": embed_top1(records, truth[kind]), "images_per_s": rate}
-        results["embed"][name] = row
-    same = all(raw[f"default (no --view) {k}"] == raw[f"--view model {k}"] for k in sets)
-    report(results, same, n)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps({"n": n, "seeds": SEEDS, "results": results, "default_same": same}, indent=2)
-    )
-    print(f"\nwritten to {args.json} ({time.time() - t0:.0f} s in all)")
+            records, rate, _ = mmcli("embed", str(directory), *common, *extra)
+            cells[kind] = {"top1": embed_top1(records, truth[kind]), "images_per_s": rate}
+        results[name] = cells
+    return results
 
 
 def report(results: dict[str, Any], same: bool, n: int) -> None:
     print(
         f"\nclassify, shapes-clip, 24 labels, top-1 ({n} images per set; images/s: the run's, model load left out)"
     )
-    print(f"{'setting':<30} {'small':>7} {'ordinary':>9} {'img/s small':>12} {'img/s ord.':>11}")
-    for name, row in results["classify"].items():
-        s, o = row["small"], row["ordinary"]
-        print(
-            f"{name:<30} {s['top1']:>7.1%} {o['top1']:>9.1%} {s['images_per_s']:>12.1f} {o['images_per_s']:>11.1f}"
-        )
+    report_rates(results["classify"], "top1", ".1%")
     print("\nsearch: compare --text with each label's prompt, mean average precision")
-    print(f"{'setting':<30} {'small':>7} {'ordinary':>9} {'img/s small':>12} {'img/s ord.':>11}")
-    for name, row in results["search"].items():
-        s, o = row["small"], row["ordinary"]
-        print(
-            f"{name:<30} {s['map']:>7.3f} {o['map']:>9.3f} {s['images_per_s']:>12.1f} {o['images_per_s']:>11.1f}"
-        )
+    report_rates(results["search"], "map", ".3f")
     print("\n--view pad, top-1 by letterbox fill")
-    for name, row in results["pad_fill"].items():
-        print(f"{name:<30} {row['small']:>7.1%} {row['ordinary']:>9.1%}")
+    for name, cells in results["pad_fill"].items():
+        print(row((name, cells["small"], cells["ordinary"]), WIDTHS[:3], ("", ".1%", ".1%")))
     print("\nembed: one vector per image, top-1 of the nearest label text")
-    for name, row in results["embed"].items():
-        print(f"{name:<30} {row['small']['top1']:>7.1%} {row['ordinary']['top1']:>9.1%}")
+    for name, cells in results["embed"].items():
+        print(row((name, cells["small"]["top1"], cells["ordinary"]["top1"]), WIDTHS[:3], ("", ".1%", ".1%")))
+    report_targets(results, same)
+
+
+def report_rates(settings: dict[str, Any], key: str, spec: str) -> None:
+    """A table of settings: ``key`` on each set (formatted with ``spec``), then images/s on each."""
+    print(row(("setting", "small", "ordinary", "img/s small", "img/s ord."), WIDTHS))
+    for name, cells in settings.items():
+        s, o = cells["small"], cells["ordinary"]
+        figures = (s[key], o[key], s["images_per_s"], o["images_per_s"])
+        print(row((name, *figures), WIDTHS, ("", spec, spec, ".1f", ".1f")))
+
+
+def report_targets(results: dict[str, Any], same: bool) -> None:
     # the best --view at its defaults; the other settings show what the defaults were chosen over
     views = {k: v for k, v in results["classify"].items() if k in AT_DEFAULTS}
     best = max(views, key=lambda k: (views[k]["small"]["top1"], views[k]["ordinary"]["top1"]))
@@ -253,13 +274,11 @@ def report(results: dict[str, Any], same: bool, n: int) -> None:
     default = results["classify"]["default (no --view)"]
     print("\ntargets:")
     print(f"  the best --view for small shapes (at its defaults): {best}")
-    print(
-        f"  small shapes >= {SMALL_TARGET:.0%}: {small:.1%} {'met' if small >= SMALL_TARGET else 'NOT met'}"
-    )
-    print(
-        f"  ordinary shapes >= {ORDINARY_TARGET:.0%} with it: {ordinary:.1%} "
-        f"{'met' if ordinary >= ORDINARY_TARGET else 'NOT met'}"
-    )
+    for title, value, target in (
+        (f"small shapes >= {SMALL_TARGET:.0%}", small, SMALL_TARGET),
+        (f"ordinary shapes >= {ORDINARY_TARGET:.0%} with it", ordinary, ORDINARY_TARGET),
+    ):
+        print(f"  {title}: {value:.1%} {harness.verdict(value, target, words=('met', 'NOT met'))}")
     print(
         f"  default view unchanged: --view model wrote {'the same' if same else 'DIFFERENT'} records as no "
         f"--view ({default['small']['top1']:.1%} small, {default['ordinary']['top1']:.1%} ordinary)"
