@@ -258,7 +258,7 @@ def input_size(backend: Backend) -> int:
     return int(size()) if callable(size) else 224
 
 
-# -- the Task hooks (pipeline.Task.preprocess / encode) -----------------------------------------------------
+# -- the Task hooks (run.task.Task.preprocess / encode) -----------------------------------------------------
 def preprocess(view: View, backend: Backend, images: list[Image.Image]) -> Batch:
     """All pictures of ``images`` through the model's processor; with several per image, their counts."""
     import torch

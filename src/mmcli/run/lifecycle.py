@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mmcli.errors import EXIT_OK, EXIT_PARTIAL
 from mmcli.run.job import JobSetup
-from mmcli.run.task import Outcome, keyed
+from mmcli.run.task import Outcome, error_record, keyed
 from mmcli.sinks.output import Record
 
 EXIT_SIGTERM = 143
@@ -27,6 +27,20 @@ class JobRun(JobSetup):
     running ``mmcli serve`` all drive."""
 
     # -- records ------------------------------------------------------------------------------------
+    def write_batches(self, batches: Iterable[list[tuple[Outcome, list[Record] | None]]]) -> None:
+        """Write each batch's inputs, in order, with their records (an error record where an input failed
+        or got none), flushing after each batch; stop at a signal, else keep the held inputs at the end."""
+        for batch in batches:
+            for out, records in batch:
+                if out.error is not None or records is None:
+                    self.emit_outcome(out, [error_record(out.item, out.error or "no result")])
+                else:
+                    self.emit_outcome(out, records)
+            self.writer.flush()
+            if self.stop_signal:
+                return
+        self.keep_held()
+
     def emit(self, record: Record) -> None:
         """Write one record that belongs to no input's accounting (compare's rankings, embed --text)."""
         self.writer.write(record)

@@ -11,31 +11,12 @@ running ``mmcli serve`` (``run.remote.offload``); its set-up is ``run.job``, its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from mmcli.errors import UsageError
 from mmcli.run.lifecycle import JobRun
-from mmcli.run.lifecycle import StopRun as StopRun
-from mmcli.run.loader import Backoff as Backoff
-from mmcli.run.options import CommonOptions as CommonOptions
-from mmcli.run.task import Outcome as Outcome
-from mmcli.run.task import Task as Task
-from mmcli.run.task import cache_namespace as cache_namespace
-from mmcli.run.task import error_record as error_record
-from mmcli.run.task import keyed as keyed
-from mmcli.run.task import record_key as record_key
-
-__all__ = [
-    "Backoff",
-    "CommonOptions",
-    "Job",
-    "Outcome",
-    "StopRun",
-    "Task",
-    "error_record",
-    "keyed",
-    "record_key",
-]
+from mmcli.run.task import Outcome, Task
+from mmcli.sinks.output import Record
 
 
 class Job(JobRun):
@@ -80,17 +61,16 @@ class Job(JobRun):
                 stream = self.encode_images(work)
             else:
                 stream = self.forward(work, lambda batch, n: task.compute(backend, batch, n))
-            for batch in stream:
-                good = [out for out in batch if out.error is None]
-                produced = iter(task.records(good) if good else [])
-                for out in batch:
-                    if out.error is not None:
-                        self.emit_outcome(out, [error_record(out.item, out.error)])
-                    else:
-                        self.emit_outcome(out, next(produced))
-                self.writer.flush()
-                if self.stop_signal:
-                    return
-            self.keep_held()
+            self.write_batches(with_records(task, stream))
 
         return self.run(body, inputs)
+
+
+def with_records(
+    task: Task, stream: Iterable[list[Outcome]]
+) -> Iterator[list[tuple[Outcome, list[Record] | None]]]:
+    """Each batch's inputs with their records, computed by the task for those that did not fail."""
+    for batch in stream:
+        good = [out for out in batch if out.error is None]
+        produced = iter(task.records(good) if good else [])
+        yield [(out, None if out.error is not None else next(produced)) for out in batch]

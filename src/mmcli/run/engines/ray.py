@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mmcli.errors import MmcliError, UsageError
-from mmcli.run.task import Task, error_record
+from mmcli.run.task import Task
 
 if TYPE_CHECKING:
     from mmcli.run.lifecycle import JobRun
@@ -298,17 +298,22 @@ def stream(ray: Any, job: JobRun, inputs: Sequence[str], plan: Plan) -> None:
     if not rows:
         job.keep_held()
         return
-    for batch in build(ray, job, rows, plan).iter_batches(batch_size=None, batch_format="numpy"):
+    batches = build(ray, job, rows, plan).iter_batches(batch_size=None, batch_format="numpy")
+    job.write_batches(received(batches, outcomes))
+
+
+def received(
+    batches: Iterable[dict[str, Any]], outcomes: dict[int, Outcome]
+) -> Iterator[list[tuple[Outcome, Any]]]:
+    """The workers' batches as (outcome, its records), or the outcome with its error set."""
+    for batch in batches:
+        pairs: list[tuple[Outcome, Any]] = []
         for idx, records, error in zip(batch["idx"], batch["records"], batch["error"], strict=True):
             out = outcomes.pop(int(idx))
             if error:
-                job.emit_outcome(out, [error_record(out.item, str(error))])
-            else:
-                job.emit_outcome(out, json.loads(records))
-        job.writer.flush()
-        if job.stop_signal:
-            return
-    job.keep_held()
+                out.error = str(error)
+            pairs.append((out, None if error else json.loads(records)))
+        yield pairs
 
 
 # -- output written by the workers to a directory URL ------------------------------------------------------

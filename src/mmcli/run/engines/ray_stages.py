@@ -146,7 +146,7 @@ class Predictor:
         }
 
     def forward(self, parts: list[Batch]) -> list[Any]:
-        """One value per image; on out-of-memory halve the batch and retry (pipeline.Backoff)."""
+        """One value per image; on out-of-memory halve the batch and retry (run.loader.Backoff)."""
 
         def run(chunk: list[Batch]) -> list[Any]:
             collated = self.backend.collate(chunk)

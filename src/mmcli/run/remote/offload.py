@@ -20,7 +20,7 @@ from mmcli.errors import InputError
 from mmcli.run.loader import batched
 from mmcli.run.remote import wire
 from mmcli.run.remote.work import ImageInput, Limits, ModelKey
-from mmcli.run.task import Outcome, Task, error_record
+from mmcli.run.task import Outcome, Task
 
 if TYPE_CHECKING:
     from mmcli.run.lifecycle import JobRun
@@ -73,16 +73,7 @@ def execute(job: JobRun, inputs: list[str]) -> int:
     def body() -> None:
         if type(task).leading is not Task.leading:
             job.write_leading(remote.leading(key, task))
-        for batch in results(job, remote, key, task, job.pending(job.items(inputs))):
-            for out, records in batch:
-                if out.error is not None or records is None:
-                    job.emit_outcome(out, [error_record(out.item, out.error or "no result")])
-                else:
-                    job.emit_outcome(out, records)
-            job.writer.flush()
-            if job.stop_signal:
-                return
-        job.keep_held()
+        job.write_batches(results(job, remote, key, task, job.pending(job.items(inputs))))
 
     return job.run(body, inputs)
 
