@@ -319,9 +319,9 @@ def processor_classes(model_type: str) -> tuple[str, str]:
 def tiny_processor(processor_name: str, image_class_name: str, config: Any, scale: float) -> tuple[Any, Any]:
     """The processor, its image processor fitted to a SIDE x SIDE patch grid, and its byte-level tokenizer."""
     import transformers
-    from tests import zoo
 
-    from mmcli.testing import vlm as testing_vlm
+    from mmcli.testing import recipe
+    from mmcli.testing.vocab import byte_tokenizer
 
     vision = getattr(config, "vision_config", None)
     patch = getattr(vision, "patch_size", None) or getattr(config, "patch_size", None) or 8
@@ -331,7 +331,7 @@ def tiny_processor(processor_name: str, image_class_name: str, config: Any, scal
     processor_class = getattr(transformers, processor_name)
     tokens, named = harvest(processor_class)
     tokens = [t for t in ["<s>", "</s>", "<image>", *tokens] if t != "<|endoftext|>"]
-    tok = testing_vlm.byte_tokenizer(list(dict.fromkeys(tokens)), eos="</s>", named=named, bos="<s>")
+    tok = byte_tokenizer(list(dict.fromkeys(tokens)), eos="</s>", named=named, bos="<s>")
     kwargs: dict[str, Any] = {}
     for name in processor_class.get_attributes():
         if "tokenizer" in name:
@@ -342,9 +342,9 @@ def tiny_processor(processor_name: str, image_class_name: str, config: Any, scal
             raise LookupError(f"its processor also needs a {name}")
     video = any("video" in name for name in processor_class.get_attributes())
     if video:
-        processor_class = zoo._without_video(processor_class)
+        processor_class = recipe.without_video(processor_class)
     kwargs |= config_settings(processor_class, config, scale)
-    with zoo._num2words_stand_in():
+    with recipe.num2words_stand_in():
         processor = processor_class(**kwargs)
     if video:
         processor.video_processor = SimpleNamespace(num_frames=8, fps=1)  # what chat templates read of it
@@ -355,8 +355,9 @@ def build_once(model_type: str, out: Path, scale: float) -> dict[str, Any]:
     import torch
     import transformers
     from PIL import Image
-    from tests import zoo
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from mmcli.testing import recipe
 
     model_class = getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type])
     processor_name, image_class_name = processor_classes(model_type)
@@ -373,7 +374,7 @@ def build_once(model_type: str, out: Path, scale: float) -> dict[str, Any]:
         for name, param in model.named_parameters():
             if param.dim() == 2 and not param.any() and "embed" not in name:
                 param.normal_(0.0, 0.02)
-    zoo._speak(model, tok)
+    recipe.speak_by_anatomy(model, tok)
     try:
         smoke(model, processor, image)
     except Exception as exc:

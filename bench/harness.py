@@ -154,8 +154,14 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
 
 
 def offline_env(**extra: str) -> dict[str, str]:
-    """This process's environment for a child: the hub offline, no progress bars, and ``extra``."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **extra}
+    """This process's environment for a child: the hub offline, no progress bars, a socket no ``mmcli serve``
+    listens on (runs measure mmcli in its own process even where the user keeps a server), and ``extra``."""
+    quiet = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "MMCLI_SOCKET": str(OUT / "no-server.sock"),
+    }
+    return {**os.environ, **quiet, **extra}
 
 
 def child_env(threads: int) -> dict[str, str]:

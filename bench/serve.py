@@ -145,11 +145,15 @@ def tree_peak_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def server(work: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """``mmcli serve --keep-alive 2s``, logging to WORK/server.log, once it listens; stopped on exit."""
+def server(
+    work: Path, env: dict[str, str], batch_wait: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``mmcli serve --keep-alive 2s`` (and ``--batch-wait``), logging to WORK/server.log, once it listens;
+    stopped on exit."""
     log = open(work / "server.log", "wb")  # noqa: SIM115
+    wait = ["--batch-wait", batch_wait] if batch_wait else []
     proc = subprocess.Popen(
-        [*MMCLI, "serve", "--keep-alive", "2s"], env=env, stderr=log, stdout=subprocess.DEVNULL
+        [*MMCLI, "serve", "--keep-alive", "2s", *wait], env=env, stderr=log, stdout=subprocess.DEVNULL
     )
     try:
         while b"listening on" not in (work / "server.log").read_bytes():
@@ -244,7 +248,7 @@ def main() -> int:
     env = harness.offline_env(MMCLI_SOCKET=str(sock), MMCLI_CACHE_DIR=str(work / "cache"))
     (work / "images").mkdir()
     files = make_images(work / "images", CLIENTS * PER_CLIENT)
-    with server(work, env) as proc:
+    with server(work, env, args.batch_wait) as proc:
         latency(args, env)
         remote = Remote.open(sock)
         throughput(args, remote, files, work, env)

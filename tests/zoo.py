@@ -39,12 +39,6 @@ from mmcli.testing.recipe import (
 )
 from mmcli.testing.vocab import bert_tokenizer, byte, ids, opt_tokenizer
 
-# bench/coverage.py takes these from here (their home is mmcli.testing.recipe).
-_speak = recipe.speak_by_anatomy
-_without_video = without_video
-_num2words_stand_in = num2words_stand_in
-
-
 # -- chat templates of the real checkpoints (trimmed of system prompts, tools and generation markers) ------
 ONEVISION_TEMPLATE = (  # llava-hf/llava-onevision-qwen2-0.5b-ov-hf
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
