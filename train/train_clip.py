@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import common as C
 import numpy as np
@@ -111,7 +112,7 @@ def evaluate(model: torch.nn.Module, tok: object, pixels: torch.Tensor, scenes: 
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=4800)
     parser.add_argument("--batch", type=int, default=128)
@@ -132,6 +133,74 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.pool, args.eval_every, args.eval_images = 20, 2000, 10, 50
+    return args
+
+
+def held_out(processor: Any, count: int) -> tuple[torch.Tensor, list[Any]]:
+    """The eval images as the processor prepares them (checked equal to train/common.py's preprocessing)."""
+    eval_images, eval_scenes = C.eval_set(count)
+    eval_pixels = processor.image_processor(images=eval_images, return_tensors="pt")["pixel_values"]
+    ours = torch.from_numpy(C.normalise(C.squash(eval_images[0])))
+    assert torch.allclose(eval_pixels[0], ours, atol=1e-5), "train/common.py preprocessing != the processor's"
+    return eval_pixels, eval_scenes
+
+
+def optimiser(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices but the embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+    )
+
+
+class Batches:
+    """Training batches drawn from the rendered pool: normalised, each image under one of the eight
+    dihedral transforms, with one of the text batches."""
+
+    def __init__(
+        self, pool: torch.Tensor, targets: torch.Tensor, texts: list[Any], size: int, seed: int
+    ) -> None:
+        self.pool, self.targets, self.texts, self.size = pool, targets, texts, size
+        self.mean = torch.tensor(C.MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(C.STD).view(1, 3, 1, 1)
+        self.gen = torch.Generator().manual_seed(1234 + seed)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        gen = self.gen
+        idx = torch.randint(len(self.pool), (self.size,), generator=gen)
+        x = (self.pool[idx].float() / 255.0 - self.mean) / self.std
+        codes = torch.randint(8, (self.size,), generator=gen)
+        for code in range(1, 8):
+            sel = codes == code
+            if sel.any():
+                x[sel] = C.dihedral(x[sel], code)  # type: ignore[assignment]
+        t_idx = int(torch.randint(len(self.texts), (1,), generator=gen))
+        return x, self.targets[idx], self.texts[t_idx]
+
+
+def losses(
+    model: Any, x: torch.Tensor, y: torch.Tensor, text: Any, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 24-way label loss, and the auxiliary losses on the text batch's colour and shape prompts."""
+    colour_of = torch.tensor([C.COLOURS.index(label.split()[0]) for label in C.LABELS])
+    shape_of = torch.tensor([C.SHAPES.index(label.split()[1]) for label in C.LABELS])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        img = model.get_image_features(pixel_values=x).pooler_output
+        txt = model.get_text_features(**text).pooler_output
+    img = torch.nn.functional.normalize(img.float(), dim=-1)
+    txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+    logits = model.logit_scale.exp() * img @ txt.T
+    loss = torch.nn.functional.cross_entropy(logits[:, :24], y)
+    aux = torch.nn.functional.cross_entropy(logits[:, 24:30], colour_of[y])
+    aux = aux + torch.nn.functional.cross_entropy(logits[:, 30:], shape_of[y])
+    return loss, aux
+
+
+def main() -> None:
+    args = parse_args()
     C.set_threads(args.threads)
     torch.manual_seed(0)
     C.quiet()
@@ -146,49 +215,18 @@ def main() -> None:
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M", flush=True)
     pixels, labels = C.render_pool(0, args.pool, processes=2, salt=1)
     pool = torch.from_numpy(pixels)
-    targets = torch.from_numpy(labels.astype(np.int64))
     print(f"pool of {len(pool)} rendered in {time.time() - t0:.0f} s", flush=True)
-    eval_images, eval_scenes = C.eval_set(args.eval_images)
-    eval_pixels = processor.image_processor(images=eval_images, return_tensors="pt")["pixel_values"]  # type: ignore[attr-defined]
-    ours = torch.from_numpy(C.normalise(C.squash(eval_images[0])))
-    assert torch.allclose(eval_pixels[0], ours, atol=1e-5), "train/common.py preprocessing != the processor's"
-    texts = text_batches(tok)
-    colour_of = torch.tensor([C.COLOURS.index(label.split()[0]) for label in C.LABELS])
-    shape_of = torch.tensor([C.SHAPES.index(label.split()[1]) for label in C.LABELS])
-    mean = torch.tensor(C.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(C.STD).view(1, 3, 1, 1)
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.98),
+    eval_pixels, eval_scenes = held_out(processor, args.eval_images)
+    batches = Batches(
+        pool, torch.from_numpy(labels.astype(np.int64)), text_batches(tok), args.batch, args.seed
     )
-    gen = torch.Generator().manual_seed(1234 + args.seed)
+    optim = optimiser(model, args.lr)
     model.train()
     t_train = time.time()
     for step in range(args.steps):
         for group in optim.param_groups:
             group["lr"] = C.lr_at(step, args.steps, args.lr)
-        idx = torch.randint(len(pool), (args.batch,), generator=gen)
-        x = (pool[idx].float() / 255.0 - mean) / std
-        codes = torch.randint(8, (args.batch,), generator=gen)
-        for code in range(1, 8):
-            sel = codes == code
-            if sel.any():
-                x[sel] = C.dihedral(x[sel], code)  # type: ignore[assignment]
-        y = targets[idx]
-        t_idx = int(torch.randint(len(texts), (1,), generator=gen))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.no_bf16):
-            img = model.get_image_features(pixel_values=x).pooler_output
-            txt = model.get_text_features(**texts[t_idx]).pooler_output
-        img = torch.nn.functional.normalize(img.float(), dim=-1)
-        txt = torch.nn.functional.normalize(txt.float(), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.T
-        loss = torch.nn.functional.cross_entropy(logits[:, :24], y)
-        aux = torch.nn.functional.cross_entropy(logits[:, 24:30], colour_of[y])
-        aux = aux + torch.nn.functional.cross_entropy(logits[:, 30:], shape_of[y])
+        loss, aux = losses(model, *batches.draw(), bf16=not args.no_bf16)
         optim.zero_grad(set_to_none=True)
         (loss + AUX_WEIGHT * aux).backward()
         optim.step()
