@@ -26,7 +26,7 @@ from PIL import Image
 from mmcli.errors import DeviceError
 from mmcli.modeling import registry, runtime
 from mmcli.modeling.backends import generic
-from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
+from mmcli.modeling.backends.base import LoadOptions
 from tests import vlm_common as common
 from tests.conftest import built_once
 from tests.vlm_common import GREEDY
@@ -161,18 +161,7 @@ def test_raw_prompts_skip_the_question_template(kind: str, checkpoint: Callable[
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_seeded_sampling_is_reproducible(kind: str, backend: Callable[[str], Any]) -> None:
-    model = backend(kind)
-    batch = model.collate([model.preprocess([img]) for img in IMAGES[:2]])
-
-    def sample(seed: int) -> list[str]:
-        options = GenerateOptions(max_new_tokens=8, do_sample=True, temperature=1.5, seed=seed)
-        out: list[str] = model.generate(batch, [None, "what?"], options)
-        return out
-
-    state = torch.random.get_rng_state()
-    assert sample(1) == sample(1)
-    assert torch.equal(state, torch.random.get_rng_state()), "the caller's random state must not move"
-    assert len({tuple(sample(seed)) for seed in range(4)}) > 1
+    common.seeded_sampling_is_reproducible(backend(kind), IMAGES[:2])
 
 
 # -- label scoring ----------------------------------------------------------------------------------------
