@@ -256,6 +256,38 @@ def test_csv_with_other_columns_is_refused(tmp_path):
     assert open_writer("csv", str(out), COLUMNS, overwrite=True).done == set()
 
 
+FOREIGN = [
+    ("jsonl", b"hi\n"),
+    ("jsonl", b"hi"),
+    ("jsonl", b"\n"),
+    ("jsonl", b'{"input": "a.jpg", "label": "cat"}\n{"input": "b.jpg", "key": "k1"}\n'),
+    ("json", b'[{"input": "a.jpg", "label": "cat"}]\n'),
+    ("json", b'{"input": "a.jpg", "label": "cat"}\n'),
+]
+
+
+@pytest.mark.parametrize(("fmt", "content"), FOREIGN)
+def test_a_file_mmcli_did_not_write_is_refused_untouched(fmt, content, tmp_path):
+    out = tmp_path / f"out.{fmt}"
+    out.write_bytes(content)
+    with pytest.raises(UsageError, match="did not create") as refused:
+        open_writer(fmt, str(out), COLUMNS)
+    assert "--overwrite" in (refused.value.hint or "")
+    assert out.read_bytes() == content  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no journal, no lock left behind
+    assert open_writer(fmt, str(out), COLUMNS, overwrite=True).done == set()
+
+
+def test_a_record_cut_before_its_first_newline_is_still_resumed(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"input": "img0.jpg", "ca')  # killed in the middle of the first write
+    writer = open_writer("jsonl", str(out), COLUMNS)
+    assert writer.done == set()
+    play(writer, make(4))
+    writer.close()
+    assert_like_one_run("jsonl", out, tmp_path, make(4))
+
+
 def test_csv_file_has_a_key_column_and_quoted_newlines(tmp_path):
     out = tmp_path / "out.csv"
     run("csv", out, make(3))

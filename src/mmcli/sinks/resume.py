@@ -208,6 +208,8 @@ class KeyedLog:
                     self.start = good_end = pos
                     continue
                 parsed = self.codec.parse(chunk)
+                if header is None and at == 0 and (parsed is None or parsed[0] is None):
+                    self._not_ours("its first line is not a record mmcli wrote")
                 if parsed is None:
                     continue  # garbage: cut if at the end, else dropped by the next complete close
                 key, error = parsed
@@ -217,10 +219,21 @@ class KeyedLog:
                     self.old_len.append(len(chunk))
                 good_end = pos
             size = f.tell()
+        if header is None and good_end == 0 and size:
+            with open(self.path, "rb") as f:
+                if f.read(2) != b'{"':  # a record cut before its first newline starts as every record does
+                    self._not_ours("it holds no record mmcli wrote")
         if good_end < size:
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
         return good_end
+
+    def _not_ours(self, why: str) -> None:
+        """A file mmcli did not write is never resumed, cut or rewritten."""
+        raise UsageError(
+            f"--output {self.path} exists and {why}: mmcli never writes over a file it did not create",
+            "use --overwrite to start it afresh, or another file",
+        )
 
     def _check_header(self, chunk: bytes) -> None:
         assert isinstance(self.codec, CsvCodec)
@@ -335,6 +348,12 @@ class JournalWriter(LogWriter):
         if self.seeded:
             with replacing(journal) as tmp, open(tmp, "wb") as out:
                 for record in READERS[fmt](path):
+                    if not (isinstance(record, dict) and isinstance(record.get("key"), str)):
+                        raise UsageError(
+                            f"--output {path} exists and holds records mmcli did not write (no key): mmcli "
+                            "never writes over a file it did not create",
+                            "use --overwrite to start it afresh, or another file",
+                        )
                     out.write(_encode(dumps(record)) + b"\n")
         super().__init__(KeyedLog(journal, JsonlCodec()))
 
