@@ -47,6 +47,13 @@ def test_embeddings_equal_normalised_model_features(cli, tiny_clip, image_dir):
     assert all(r["model"] == str(tiny_clip) for r in records)
 
 
+def test_embed_texts_alone_summarise_their_records(cli, tiny_clip):
+    result = cli("embed", "--text", "a red circle", "--text", "a dog", "--model", tiny_clip)
+    assert result.code == 0, result.stderr
+    assert len(result.jsonl()) == 2
+    assert "embed: 2 records;" in result.stderr and "0 done" not in result.stderr
+
+
 def test_embed_to_npy_with_ids_file(cli, tiny_clip, image_dir, tmp_path):
     out = tmp_path / "vectors.npy"
     (tmp_path / "bad.jpg").write_text("x")

@@ -40,6 +40,10 @@ class Summary:
     server: int | None = None  # the pid of the mmcli serve that ran the model; None: this process
 
     def line(self) -> str:
+        if not (self.done or self.skipped or self.failed) and self.records:
+            # records of no input (embed --text alone): counted as records, with no rate of inputs
+            via = f" via server (pid {self.server})" if self.server is not None else ""
+            return f"{self.task}: {self.records} records; {self.wall_s:.1f} s on {self.device}, {self.dtype}{via}"
         parts = [f"{self.done} done"]
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
