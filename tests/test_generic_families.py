@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from mmcli.errors import ModelLoadError, UsageError, explain_load_error
 from mmcli.modeling import registry, runtime
 from mmcli.modeling.backends import generation, loading
 from mmcli.modeling.backends.base import GenerateOptions, LoadOptions
+from mmcli.testing import generative, recipe
+from mmcli.testing.recipe import GENERATIVE, Recipe
+from mmcli.testing.vocab import IMAGE_TOKEN, t5_tokenizer
 from tests import zoo
 from tests.conftest import built_once
 
@@ -61,75 +65,41 @@ IMAGES = [image(seed) for seed in range(3)]
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------
-def build_git(out: Path) -> Path:
-    import transformers
-
-    from mmcli.testing.generative import speak
-
-    torch.manual_seed(0)
-    tok = zoo.bert_tokenizer()
-    config = transformers.GitConfig(
-        vision_config=zoo.vit(),
-        **{k: v for k, v in zoo.bert(tok).items() if k != "max_position_embeddings"},
-        max_position_embeddings=128,
-        bos_token_id=tok.cls_token_id,
-        eos_token_id=tok.sep_token_id,
-        tie_word_embeddings=False,
-    )
-    model = transformers.GitForCausalLM(config).eval()
-    speak(model, tok, model.git.visual_projection, "git.encoder")
-    model.save_pretrained(out)
-    images = transformers.CLIPImageProcessorPil(**zoo.LLAVA_IMAGE)
-    transformers.GitProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
-    return out
+def _git(tok: Any) -> dict[str, Any]:
+    text = {k: v for k, v in zoo.bert(tok).items() if k != "max_position_embeddings"}
+    return {"vision_config": zoo.vit(), **text, "max_position_embeddings": 128, "bos_token_id": tok.cls_token_id,
+            "eos_token_id": tok.sep_token_id, "tie_word_embeddings": False}  # fmt: skip
 
 
-def build_pix2struct(out: Path) -> Path:
-    import transformers
-
-    from mmcli.testing.generative import speak, t5_tokenizer
-
-    torch.manual_seed(0)
-    tok = t5_tokenizer()
+def _pix2struct(tok: Any) -> dict[str, Any]:
     text = {"vocab_size": len(tok), "hidden_size": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4}
     text |= {"pad_token_id": 0, "eos_token_id": tok.eos_token_id, "decoder_start_token_id": 0}
     vision = {"hidden_size": 32, "patch_embed_hidden_size": 8 * 8 * 3, "d_ff": 64, "d_kv": 8}
     vision |= {"num_hidden_layers": 2, "num_attention_heads": 4, "seq_len": 2048, "patch_size": 8}
-    config = transformers.Pix2StructConfig(
-        text_config=text | {"tie_word_embeddings": False}, vision_config=vision
-    )
-    model = transformers.Pix2StructForConditionalGeneration(config).eval()
-    speak(model, tok, model.encoder.embeddings, "decoder")
-    model.save_pretrained(out)
-    images = transformers.Pix2StructImageProcessorPil(max_patches=64, patch_size={"height": 8, "width": 8})
-    transformers.Pix2StructProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
-    return out
+    return {"text_config": text | {"tie_word_embeddings": False}, "vision_config": vision}
 
 
-def build_instructblip_t5(out: Path) -> Path:
+def _instructblip_t5(tok: Any) -> dict[str, Any]:
     """InstructBLIP with a Flan-T5 language model: an encoder-decoder only its text config says it is."""
-    import transformers
-
-    from mmcli.testing import generative as testing_gen
-
-    torch.manual_seed(0)
-    tok = testing_gen.t5_tokenizer()
-    parts = testing_gen._blip2_parts(32, 32, 4)
+    parts = generative._blip2_parts(32, 32, 4)
     parts["qformer_config"] |= {"vocab_size": len(zoo.bert_tokenizer()), "max_position_embeddings": 64}
-    config = transformers.InstructBlipConfig(
-        **parts,
-        text_config=testing_gen._language("t5", tok, 32),
-        image_token_index=tok.convert_tokens_to_ids(testing_gen.IMAGE_TOKEN),
-    )
-    model = transformers.InstructBlipForConditionalGeneration(config).eval()
-    testing_gen.speak(model, tok, model.language_projection)
-    model.save_pretrained(out)
-    images = transformers.BlipImageProcessorPil(size={"height": 32, "width": 32})
-    processor = transformers.InstructBlipProcessor(
-        image_processor=images, tokenizer=tok, qformer_tokenizer=zoo.bert_tokenizer(), num_query_tokens=4
-    )
-    processor.save_pretrained(out)
-    return out
+    image_token = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    return {**parts, "text_config": generative._language("t5", tok, 32), "image_token_index": image_token}
+
+
+# Families only these tests build (not in the model matrix of tests/zoo.py), as recipes all the same.
+GIT = Recipe(GENERATIVE, "GitForCausalLM", _git, zoo.bert_tokenizer, image=zoo.LLAVA_IMAGE,
+             image_class="CLIPImageProcessorPil", processor_class="GitProcessor",
+             projector="git.visual_projection", language_key="git.encoder")  # fmt: skip
+PIX2STRUCT = Recipe(GENERATIVE, "Pix2StructForConditionalGeneration", _pix2struct, t5_tokenizer,
+                    image={"max_patches": 64, "patch_size": {"height": 8, "width": 8}},
+                    image_class="Pix2StructImageProcessorPil", processor_class="Pix2StructProcessor",
+                    projector="encoder.embeddings", language_key="decoder")  # fmt: skip
+INSTRUCTBLIP_T5 = Recipe(GENERATIVE, "InstructBlipForConditionalGeneration", _instructblip_t5, t5_tokenizer,
+                         image={"size": {"height": 32, "width": 32}}, image_class="BlipImageProcessorPil",
+                         processor_class="InstructBlipProcessor",
+                         processor=lambda tok: {"qformer_tokenizer": zoo.bert_tokenizer(), "num_query_tokens": 4},
+                         projector="language_projection")  # fmt: skip
 
 
 REMOTE_CONFIG = """from transformers import LlavaConfig
@@ -172,9 +142,9 @@ def build_remote(out: Path, auto_class: str = "AutoModelForImageTextToText") -> 
 
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "git": build_git,
-    "pix2struct": build_pix2struct,
-    "instructblip_t5": build_instructblip_t5,
+    "git": partial(recipe.build, GIT),
+    "pix2struct": partial(recipe.build, PIX2STRUCT),
+    "instructblip_t5": partial(recipe.build, INSTRUCTBLIP_T5),
 }
 
 
