@@ -40,9 +40,9 @@ class Summary:
     server: int | None = None  # the pid of the mmcli serve that ran the model; None: this process
 
     def line(self) -> str:
+        via = f" via server (pid {self.server})" if self.server is not None else ""
         if not (self.done or self.skipped or self.failed) and self.records:
             # records of no input (embed --text alone): counted as records, with no rate of inputs
-            via = f" via server (pid {self.server})" if self.server is not None else ""
             return f"{self.task}: {self.records} records; {self.wall_s:.1f} s on {self.device}, {self.dtype}{via}"
         parts = [f"{self.done} done"]
         if self.skipped:
@@ -52,7 +52,6 @@ class Summary:
         if self.cache_hits:
             parts.append(f"{self.cache_hits} from the cache")
         stopped = f" (stopped: {self.stopped})" if self.stopped else ""
-        via = f" via server (pid {self.server})" if self.server is not None else ""
         return (
             f"{self.task}: {', '.join(parts)}; {self.items_per_s:.1f} items/s, {self.wall_s:.1f} s "
             f"on {self.device}, {self.dtype}{via}{stopped}"

@@ -22,7 +22,7 @@ import os
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, NoReturn
 
 from mmcli.errors import MmcliError, UsageError
 from mmcli.sinks.formats import READERS, WRITERS, fsync_path, replacing
@@ -41,6 +41,14 @@ def remove_outputs(path: str, fmt: str) -> None:
     for p in paths:
         with suppress(FileNotFoundError):
             os.remove(p)
+
+
+def not_ours(path: str, why: str) -> NoReturn:
+    """A file mmcli did not write is never resumed, cut or rewritten."""
+    raise UsageError(
+        f"--output {path} exists and {why}: mmcli never writes over a file it did not create",
+        "use --overwrite to start it afresh, or another file",
+    )
 
 
 class OutputLock:
@@ -197,6 +205,12 @@ class KeyedLog:
         parts: list[bytes] = []
         header = self.codec.header
         with open(self.path, "rb") as f:
+            if header is None and f.read(2) not in (
+                b"",
+                b'{"',
+            ):  # every record (even one cut short) starts so
+                not_ours(self.path, "its first line is not a record mmcli wrote")
+            f.seek(0)
             for line in f:
                 parts.append(line)
                 chunk = b"".join(parts) if len(parts) > 1 else line
@@ -209,7 +223,7 @@ class KeyedLog:
                     continue
                 parsed = self.codec.parse(chunk)
                 if header is None and at == 0 and (parsed is None or parsed[0] is None):
-                    self._not_ours("its first line is not a record mmcli wrote")
+                    not_ours(self.path, "its first line is not a record mmcli wrote")
                 if parsed is None:
                     continue  # garbage: cut if at the end, else dropped by the next complete close
                 key, error = parsed
@@ -219,21 +233,10 @@ class KeyedLog:
                     self.old_len.append(len(chunk))
                 good_end = pos
             size = f.tell()
-        if header is None and good_end == 0 and size:
-            with open(self.path, "rb") as f:
-                if f.read(2) != b'{"':  # a record cut before its first newline starts as every record does
-                    self._not_ours("it holds no record mmcli wrote")
         if good_end < size:
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
         return good_end
-
-    def _not_ours(self, why: str) -> None:
-        """A file mmcli did not write is never resumed, cut or rewritten."""
-        raise UsageError(
-            f"--output {self.path} exists and {why}: mmcli never writes over a file it did not create",
-            "use --overwrite to start it afresh, or another file",
-        )
 
     def _check_header(self, chunk: bytes) -> None:
         assert isinstance(self.codec, CsvCodec)
@@ -349,11 +352,7 @@ class JournalWriter(LogWriter):
             with replacing(journal) as tmp, open(tmp, "wb") as out:
                 for record in READERS[fmt](path):
                     if not (isinstance(record, dict) and isinstance(record.get("key"), str)):
-                        raise UsageError(
-                            f"--output {path} exists and holds records mmcli did not write (no key): mmcli "
-                            "never writes over a file it did not create",
-                            "use --overwrite to start it afresh, or another file",
-                        )
+                        not_ours(path, "holds records mmcli did not write (no key)")
                     out.write(_encode(dumps(record)) + b"\n")
         super().__init__(KeyedLog(journal, JsonlCodec()))
 
