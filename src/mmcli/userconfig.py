@@ -104,9 +104,6 @@ class UserConfig:
     defaults: dict[str, Any] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"defaults": dict(self.defaults), "models": dict(self.models)}
-
 
 def load(path: Path | None = None) -> UserConfig:
     """Read and check the config file. No file at the usual place is an empty config; a file that

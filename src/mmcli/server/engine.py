@@ -184,9 +184,6 @@ class Engine:
         now = time.time()
         return {"pid": os.getpid(), "uptime_s": round(now - self.started, 1), **self.models.status(now)}
 
-    def busy(self) -> int:
-        return self.models.busy()
-
     def close(self) -> None:
         self.models.close()
         with self._lock:

@@ -213,10 +213,6 @@ class ModelSlots:
             "forward_passes": passes,
         }
 
-    def busy(self) -> int:
-        with self._lock:
-            return sum(s.busy for s in self.slots.values())
-
     def close(self) -> None:
         self._closed.set()
         with self._lock:

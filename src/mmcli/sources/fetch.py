@@ -99,10 +99,6 @@ def fetch(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT
         deadline.timer.cancel()
 
 
-def read_url(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-    return fetch(url, max_bytes, timeout).data
-
-
 def _fetch_with_retry(url: str, max_bytes: int, deadline: _Deadline) -> Download:
     try:
         return _fetch_once(url, max_bytes, deadline)
