@@ -43,7 +43,8 @@ class Summary:
         via = f" via server (pid {self.server})" if self.server is not None else ""
         if not (self.done or self.skipped or self.failed) and self.records:
             # records of no input (embed --text alone): counted as records, with no rate of inputs
-            return f"{self.task}: {self.records} records; {self.wall_s:.1f} s on {self.device}, {self.dtype}{via}"
+            plural = "" if self.records == 1 else "s"
+            return f"{self.task}: {self.records} record{plural}; {self.wall_s:.1f} s on {self.device}, {self.dtype}{via}"
         parts = [f"{self.done} done"]
         if self.skipped:
             parts.append(f"{self.skipped} skipped")
